@@ -1,0 +1,40 @@
+# make all   - install, run P1..P5 at full quality, rebuild the report (trained checkpoints are reused)
+# make test  - install, run the autograder (fast tests; `make test-slow` runs the training-heavy ones)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: all install test test-slow p1 p2 p3 p4 p5 report bench dry-run clean-runs
+
+all: install p1 p2 p3 p4 p5 report
+
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+p1: install
+	$(PY) p1_svd.py
+p2: install
+	$(PY) p2_factorized.py
+p3: install
+	$(PY) p3_svd_ste.py
+p4: install
+	$(PY) p4_denoise.py
+p5: install
+	$(PY) p5_draw.py
+report: install
+	$(PY) make_report.py
+
+test: install
+	$(PY) -m pytest
+test-slow: install
+	$(PY) -m pytest -m slow
+
+dry-run: install
+	for s in p1_svd p2_factorized p3_svd_ste p4_denoise p5_draw; do $(PY) $$s.py --dry-run || exit 1; done
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,66 @@
+"""The homework's MNIST classifier (784 -> 5 x 1024 ReLU -> 10), shared by P1, P2, P3 and P5.
+
+P1 trains it (the "baseline") and saves it to checkpoints/p1_baseline_seed{seed}.pt; P2 and P3
+start from it and P5 uses it to check that drawn digits keep their class.
+"""
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .train import best_weights, load_checkpoint
+from .utils import UserError
+
+PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081  # MNIST training-set statistics
+
+
+class MLP(nn.Module):
+    """Pixels in [0, 1], (batch, 28, 28) or (batch, 784) -> logits (batch, 10).
+
+    `hidden` holds the five 1024-unit layers that P1..P3 compress; `head` is the last layer, kept dense.
+    """
+
+    def __init__(self, width=1024, depth=5, dropout=0.0, n_in=784, n_out=10):
+        super().__init__()
+        sizes = [n_in] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = nn.Linear(width, n_out)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = (x.flatten(1) - PIXEL_MEAN) / PIXEL_STD
+        for layer in self.hidden:
+            x = self.dropout(F.relu(layer(x)))
+        return self.head(x)
+
+
+def classification_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def classification_metrics(model, batch):
+    """Per-example loss and accuracy, for common.train.evaluate."""
+    x, y = batch
+    logits = model(x)
+    return {"loss": F.cross_entropy(logits, y, reduction="none"), "acc": (logits.argmax(1) == y).float()}
+
+
+def baseline_path(ckpt_dir, seed):
+    return Path(ckpt_dir) / f"p1_baseline_seed{seed}.pt"
+
+
+def load_baseline(ckpt_dir, seed):
+    """(model in eval mode, its training config) of P1's finished baseline for `seed`."""
+    path = baseline_path(ckpt_dir, seed)
+    if not path.exists():
+        raise UserError(f"baseline {path} not found; train it first with: python p1_svd.py --seeds {seed + 1}"
+                        f" (add the same --ckpt-dir/--dry-run you used here)")
+    ckpt = load_checkpoint(path)
+    if not ckpt.get("done"):
+        raise UserError(f"baseline {path} is unfinished; finish it with: python p1_svd.py --resume")
+    config = ckpt["config"]
+    model = MLP(width=config["width"], depth=config["depth"])
+    model.load_state_dict(best_weights(ckpt))
+    return model.eval(), config

@@ -1,0 +1,57 @@
+"""Truncated SVD of weight matrices, the rank-D layer that P1 evaluates, and parameter / MAC counts.
+
+Conventions follow torch.linalg.svd: W = U diag(S) Vh, W of shape (out, in), U (out, k), S (k,), Vh (k, in),
+k = min(out, in). "Rank D" keeps the first D columns of U, entries of S and rows of Vh.
+"""
+import torch
+import torch.nn as nn
+
+
+def svd(W):
+    """Thin SVD (U, S, Vh) of a (out, in) weight; computed once and sliced for every rank."""
+    return torch.linalg.svd(W, full_matrices=False)
+
+
+def truncate(U, S, Vh, rank):
+    """The first `rank` singular triplets; rank=None or >= k keeps them all."""
+    return U[:, :rank], S[:rank], Vh[:rank]
+
+
+def low_rank(U, S, Vh, rank):
+    """The best rank-`rank` approximation U_D diag(S_D) Vh_D (Eckart-Young), as a dense matrix."""
+    U, S, Vh = truncate(U, S, Vh, rank)
+    return (U * S) @ Vh
+
+
+class LowRankLinear(nn.Module):
+    """x -> U (S * (Vh x)) + b: a linear layer stored and computed as its rank-D factors.
+
+    Costs D * (in + out + 1) numbers and multiply-adds instead of in * out.
+    """
+
+    def __init__(self, U, S, Vh, bias):
+        super().__init__()
+        self.register_buffer("U", U.contiguous())    # (out, D)
+        self.register_buffer("S", S.contiguous())    # (D,)
+        self.register_buffer("Vh", Vh.contiguous())  # (D, in)
+        self.register_buffer("bias", bias.detach().clone())  # (out,)
+
+    def forward(self, x):  # (batch, in) -> (batch, out)
+        return torch.addmm(self.bias, (x @ self.Vh.T) * self.S, self.U.T)
+
+    def extra_repr(self):
+        return f"in={self.Vh.shape[1]}, out={self.U.shape[0]}, rank={self.S.numel()}"
+
+
+def low_rank_cost(shapes, rank):
+    """(parameters, multiply-adds per input vector) of the layers `shapes` [(out, in), ...] at `rank`.
+
+    Each layer stores U (out x D), S (D numbers), Vh (D x in) and its bias (out), and computes
+    Vh x (D * in), then S (D), then U (out * D). rank=None means full rank, D = min(out, in).
+    """
+    params = macs = 0
+    for out, n_in in shapes:
+        d = min(out, n_in) if rank is None else min(rank, out, n_in)
+        params += d * (n_in + 1 + out) + out
+        macs += d * (n_in + 1 + out)
+    return params, macs

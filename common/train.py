@@ -1,0 +1,299 @@
+"""One explicit, problem-agnostic training loop, evaluation, checkpoints, and torch.distributed plumbing.
+
+Problems differ only by what they pass in:
+    loss_fn(model, batch) -> scalar loss tensor           (the homework's objective)
+    validate(model) -> {"name": number, ...}              (called after every epoch)
+
+`fit` checkpoints every epoch (and on SIGINT/SIGTERM) atomically, with every piece of state needed to
+continue bit for bit: model, optimizer, scheduler, epoch and step, RNG state, best-so-far, history.
+Under `torchrun` the same loop wraps the model in DistributedDataParallel and shards every epoch with
+a DistributedSampler; on a single process that sampler has one replica, so both paths see the same
+global batches in the same order.
+"""
+import copy
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from .utils import UserError, atomic_path
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def init_distributed(device):
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); gloo on CPU, nccl on GPU.
+
+    Returns the device this process should use (cuda:LOCAL_RANK on a GPU machine).
+    """
+    if "RANK" not in os.environ or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def world():
+    """(rank, world_size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main():
+    """Only rank 0 writes files and prints."""
+    return world()[0] == 0
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, **state):
+    """torch.save to a temporary file, then os.replace: an interrupted write never leaves half a file."""
+    if not is_main():
+        return
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, config=None):
+    """torch.load(weights_only=True) with one-line errors; if `config` is given it must match the file's."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, not a checkpoint, or holds non-tensor objects
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); delete it and run again")
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint written by this project; delete it and run again")
+    if config is not None and ckpt.get("config") != config:
+        raise UserError(f"{path} was written for config {describe_diff(ckpt.get('config'), config)}; "
+                        f"delete it or run with the matching settings")
+    return ckpt
+
+
+def describe_diff(old, new):
+    """'a=1, b=2' for the keys where `old` differs from `new`, as 'old ... but this run asks for new'."""
+    old, new = old or {}, new or {}
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    was = ", ".join(f"{k}={old.get(k)!r}" for k in keys)
+    now = ", ".join(f"{k}={new.get(k)!r}" for k in keys)
+    return f"{was} but this run asks for {now}"
+
+
+def load_finished(path, config):
+    """The checkpoint at `path` if a finished run with exactly this config wrote it, else None.
+
+    This is how a re-run of the main job reuses trained models instead of training them again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    return ckpt if ckpt.get("done") and ckpt.get("config") == config else None
+
+
+def best_weights(ckpt):
+    """The weights a finished `fit` ended with: the best epoch's if it tracked one, else the last."""
+    return ckpt["best_model"] if ckpt.get("best_model") is not None else ckpt["model"]
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def to_device(batch, device):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch.to(device, non_blocking=True) if torch.is_tensor(batch) else batch
+
+
+@torch.no_grad()
+def evaluate(model, dataset, metric_fn, batch_size=1000, device="cpu", collate_fn=None):
+    """Mean of each per-example metric over `dataset`: metric_fn(model, batch) -> {name: (batch,) tensor}.
+
+    Under torchrun each rank scores its own shard and the sums are all-reduced, so every rank
+    returns the numbers for the whole dataset.
+    """
+    rank, size = world()
+    shard = Subset(dataset, range(rank, len(dataset), size)) if size > 1 else dataset
+    was_training = model.training
+    model.eval()
+    sums, count = {}, torch.zeros((), dtype=torch.float64, device=device)
+    for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate_fn):
+        values = metric_fn(model, to_device(batch, device))
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0) + v.double().sum()
+        count += len(next(iter(values.values())))
+    model.train(was_training)
+    names = sorted(sums)
+    total = torch.stack([sums[n] for n in names] + [count])
+    if size > 1:
+        dist.all_reduce(total)
+    return {n: (total[i] / total[-1]).item() for i, n in enumerate(names)}
+
+
+# ----------------------------------------------------------------------------- training
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM arrived; the checkpoint was saved and --resume continues the run."""
+
+    exit_code = 130  # the shell's convention for "stopped by a signal"
+
+
+class NonFiniteLoss(UserError):
+    """The loss became nan/inf; the last good checkpoint was kept."""
+
+
+class _StopFlag:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (so a checkpoint can be written)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.old = {}
+        if _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, validate=None,
+        monitor=None, mode="max", scheduler=None, patience=None, clip_grad=None, collate_fn=None,
+        ckpt_path=None, resume=False, config=None, device="cpu", desc="train", quiet=False):
+    """Train `model` on `train_set` and return the history (a list of per-epoch dicts).
+
+    loss_fn(model, batch) -> loss; validate(model) -> dict of numbers, after every epoch.
+    monitor/mode pick the best epoch from validate's numbers (e.g. "val_acc", "max"); the model ends
+    holding the best epoch's weights. The scheduler, if any, steps once per optimizer step.
+    patience: stop after that many epochs without improvement. batch_size is the global batch:
+    under torchrun each of N ranks takes batch_size / N.
+    """
+    rank, size = world()
+    if batch_size % size:
+        raise UserError(f"batch size {batch_size} does not split evenly over {size} processes")
+    sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=seed)
+    # a private generator keeps the loader from drawing on the global RNG, so resuming mid-epoch is exact
+    loader = DataLoader(train_set, batch_size=batch_size // size, sampler=sampler, collate_fn=collate_fn,
+                        generator=torch.Generator().manual_seed(seed))
+    net = DistributedDataParallel(model) if size > 1 else model
+    sign = 1.0 if mode == "max" else -1.0
+
+    state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "best_score": -math.inf,
+             "best_epoch": -1, "best_model": None, "bad_epochs": 0, "done": False}
+    if resume and ckpt_path is not None and Path(ckpt_path).exists():
+        ckpt = load_checkpoint(ckpt_path, config=config)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        state.update({k: ckpt[k] for k in state})
+        if is_main() and not quiet:
+            print(f"[{desc}] resuming from {ckpt_path} at epoch {state['epoch']} step {state['step']}")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, config=config, model=unwrap(net).state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict() if scheduler is not None else None,
+                        rng=_rng_state(), **state)
+
+    with _StopFlag() as stop:
+        while state["epoch"] < epochs and not state["done"]:
+            epoch, started = state["epoch"], time.perf_counter()
+            sampler.set_epoch(epoch)
+            net.train()
+            bar = tqdm(loader, desc=f"[{desc}] epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=quiet or not is_main(), dynamic_ncols=True, mininterval=1.0)
+            for step, batch in enumerate(bar):
+                if step < state["step"]:
+                    continue  # resuming mid-epoch: these batches were already trained on
+                batch = to_device(batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net, batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"[{desc}] loss became {loss.item()} at epoch {epoch + 1} step {step}; "
+                                        f"lower the learning rate (last good checkpoint kept: {ckpt_path})")
+                loss.backward()
+                if clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                state["step"], state["loss_sum"] = step + 1, state["loss_sum"] + loss.item()
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if stop.signal:
+                    state["seconds"] += time.perf_counter() - started
+                    if ckpt_path is not None:
+                        checkpoint()
+                    raise Interrupted(f"[{desc}] {stop.signal} at epoch {epoch + 1} step {step + 1}; "
+                                      f"checkpoint saved to {ckpt_path}, continue with --resume")
+            bar.close()
+
+            train_loss = torch.tensor(state["loss_sum"] / max(state["step"], 1), dtype=torch.float64)
+            if size > 1:
+                dist.all_reduce(train_loss)
+            record = {"epoch": epoch + 1, "train_loss": train_loss.item() / size,
+                      "train_seconds": state["seconds"] + time.perf_counter() - started}
+            if validate is not None:
+                record.update(validate(unwrap(net)))
+            state["history"].append(record)
+            state.update(epoch=epoch + 1, step=0, loss_sum=0.0, seconds=0.0)
+            if monitor is not None:
+                score = sign * record[monitor]
+                if score > state["best_score"]:
+                    state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
+                                 best_model=copy.deepcopy(unwrap(net).state_dict()))
+                else:
+                    state["bad_epochs"] += 1
+                    if patience is not None and state["bad_epochs"] >= patience:
+                        state["done"] = True
+            if state["epoch"] >= epochs:
+                state["done"] = True
+            if is_main() and not quiet:
+                print(f"[{desc}] " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in record.items()), flush=True)
+            if ckpt_path is not None:
+                checkpoint()
+
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    return state["history"]

@@ -1,0 +1,136 @@
+"""Small helpers every script uses: device and seeds, clean CLI errors, atomic file writes."""
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, missing data). Printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+def run_cli(main):
+    """Run `main()` and turn a UserError into `error: ...` on stderr and exit code 2, never a traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (not the usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _number(kind, low, name):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        if not value >= low:  # also rejects nan
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "an integer >= 1")
+nonnegative_int = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 1e-300, "a number > 0")
+fraction = _number(float, 0.0, "a number >= 0")
+
+
+def add_common_args(parser, out):
+    """The flags every script shares: output folder, checkpoints, device, seeds, resume, dry run."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where metrics.json and figures go (default: {out}, or runs/dry-run/... with --dry-run)")
+    parser.add_argument("--ckpt-dir", type=Path, default=None,
+                        help="where checkpoints go (default: checkpoints/, or runs/dry-run/checkpoints with --dry-run)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="a tiny run in seconds, to check that everything works")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def resolve_dirs(args, name):
+    """Fill in --out and --ckpt-dir; a dry run never touches the committed results or real checkpoints."""
+    base = ROOT / "runs" / "dry-run" if args.dry_run else ROOT
+    if args.out is None:
+        args.out = base / name if args.dry_run else ROOT / "results" / name
+    if args.ckpt_dir is None:
+        args.ckpt_dir = base / "checkpoints"
+    for d in (args.out, args.ckpt_dir):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create output folder {d}: {e.strerror}; pass a writable --out/--ckpt-dir")
+        if not os.access(d, os.W_OK):
+            raise UserError(f"output folder {d} is not writable; pass a writable --out/--ckpt-dir")
+
+
+def pick_device(name=None):
+    """cuda when present, else cpu; `name` overrides (e.g. from --device)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and every GPU) so that a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success move it into place, so readers never see half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}; choose a writable location")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def mean_std(values):
+    """{'mean', 'std', 'values'} of a list of numbers; std is the sample std (0 for a single value)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    std = t.std().item() if len(values) > 1 else 0.0
+    return {"mean": t.mean().item(), "std": std, "values": list(values)}

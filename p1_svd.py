@@ -1,0 +1,230 @@
+"""Problem 1: compress a 5 x 1024 MNIST classifier with the SVD of its weights.
+
+Train the baseline (784 -> 5 x 1024 ReLU -> 10), decompose each hidden weight once, W_l = U S V^T,
+and rebuild the net at rank D: W_l ~ U[:, :D] S[:D, :D] V[:, :D]^T for D in {10, 20, 50, 100, 200, full}.
+For each D: test accuracy, parameters (S counted as D numbers; biases and the last layer stay dense),
+multiply-adds per image, and CPU latency computed the compressed way (x -> Vh x -> S -> U).
+
+    python p1_svd.py              # 3 seeds at full quality (see README for the time on 2 cores)
+    python p1_svd.py --dry-run    # a tiny end-to-end run in seconds (writes under runs/dry-run/)
+
+Writes results/p1/{metrics.json, config.json, *.png} and checkpoints/p1_baseline_seed{N}.pt,
+which P2, P3 and P5 load. A baseline whose checkpoint is finished and whose config is unchanged is
+reused, not retrained.
+"""
+import time
+
+import torch
+from torch.utils.data import TensorDataset
+
+from common.data import load_mnist
+from common.mnist_mlp import MLP, baseline_path, classification_loss, classification_metrics
+from common.plot import plt, save_figure
+from common.svd import LowRankLinear, low_rank_cost, svd, truncate
+from common.train import evaluate, fit, init_distributed, is_main, load_finished
+from common.utils import (ArgumentParser, UserError, add_common_args, mean_std, pick_device, positive_float,
+                          positive_int, resolve_dirs, run_cli, save_json, seed_everything, fraction)
+
+RANKS = ["10", "20", "50", "100", "200", "full"]
+
+
+def rank_arg(text):
+    if text == "full":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError
+    return text
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=positive_int, default=3, help="train and compress this many baselines (seeds 0..N-1)")
+    p.add_argument("--epochs", type=positive_int, default=12, help="baseline training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="baseline mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak AdamW learning rate (one-cycle schedule)")
+    p.add_argument("--weight-decay", type=fraction, default=0.01, help="AdamW weight decay")
+    p.add_argument("--dropout", type=fraction, default=0.2, help="dropout after every hidden layer")
+    p.add_argument("--ranks", nargs="+", type=rank_arg, default=RANKS, metavar="D",
+                   help="ranks to evaluate: positive integers and/or 'full'")
+    add_common_args(p, out="results/p1")
+    args = p.parse_args(argv)
+    if args.dropout >= 1:
+        p.error(f"--dropout must be below 1, got {args.dropout}")
+    return args
+
+
+# ----------------------------------------------------------------------------- 1. the baseline
+
+def train_baseline(seed, data, args, device):
+    """Train (or reuse) the 5 x 1024 baseline for `seed`; model selection on the validation split."""
+    config = {"width": 1024, "depth": 5, "dropout": args.dropout, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+              "seed": seed, "train_size": len(data["train"][0])}
+    path = baseline_path(args.ckpt_dir, seed)
+    model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
+    done = load_finished(path, config)
+    if done is not None:
+        model.load_state_dict(done["best_model"])
+        if is_main():
+            print(f"[p1] reusing the finished baseline {path}")
+        return model.eval(), done["history"]
+
+    seed_everything(seed)
+    model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    val_set = TensorDataset(*data["val"])
+
+    def validate(m):
+        return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
+
+    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
+                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
+                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
+                  desc=f"p1 baseline seed {seed}", quiet=args.quiet)
+    return model.eval(), history
+
+
+# ----------------------------------------------------------------------------- 2. SVD and rank-D networks
+
+def compress(model, factors, rank):
+    """A copy of `model` whose hidden layers are LowRankLinear at `rank` (None = full), from one SVD."""
+    net = MLP(model.head.in_features, len(model.hidden))
+    net.head.load_state_dict(model.head.state_dict())
+    for i, ((U, S, Vh), layer) in enumerate(zip(factors, model.hidden)):
+        net.hidden[i] = LowRankLinear(*truncate(U, S, Vh, rank), layer.bias)
+    return net.to(model.head.weight.device).eval()
+
+
+def cost(model, rank):
+    """(parameters, multiply-adds per image) of `model` with its hidden layers at `rank` (0 = dense)."""
+    head = model.head.weight.numel() + model.head.bias.numel()
+    if rank == 0:
+        hidden = [layer.weight for layer in model.hidden]
+        return (sum(w.numel() + w.shape[0] for w in hidden) + head,
+                sum(w.numel() for w in hidden) + model.head.weight.numel())
+    params, macs = low_rank_cost([tuple(layer.weight.shape) for layer in model.hidden], rank)
+    return params + head, macs + model.head.weight.numel()
+
+
+@torch.no_grad()
+def latency_ms(model, batch, device, repeats):
+    """Median wall time of one forward pass, in milliseconds."""
+    x = torch.rand(batch, 784, device=device)
+    for _ in range(3):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = get_args(argv)
+    resolve_dirs(args, "p1")
+    device = init_distributed(pick_device(args.device))
+    data = load_mnist()
+    if args.dry_run:  # a few batches, the real architecture and the real code path
+        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
+    ranks = [None if r == "full" else int(r) for r in args.ranks]
+    if any(r is not None and r > 784 for r in ranks):
+        raise UserError(f"--ranks must be at most 784 (the rank of the first layer) or 'full', got {args.ranks}")
+    test_set = TensorDataset(*data["test"])
+    t_start = time.time()
+
+    runs = []
+    for seed in range(args.seeds):
+        t0 = time.time()
+        model, history = train_baseline(seed, data, args, device)
+        factors = [svd(layer.weight.detach()) for layer in model.hidden]  # the one decomposition per layer
+        test_acc = evaluate(model, test_set, classification_metrics, device=device)["acc"]
+        accs = {str(r or "full"): evaluate(compress(model, factors, r), test_set, classification_metrics,
+                                           device=device)["acc"] for r in ranks}
+        runs.append({"seed": seed, "baseline_test_acc": test_acc, "rank_test_acc": accs, "history": history,
+                     "singular_values": [S.tolist() for _, S, _ in factors], "seconds": time.time() - t0})
+        if is_main():
+            print(f"[p1] seed {seed}: baseline test acc {test_acc:.4f}; " +
+                  ", ".join(f"D={d}: {a:.4f}" for d, a in accs.items()))
+
+    if not is_main():
+        return
+    # cost and latency depend on the shapes only: measured once, on the last seed's networks, one run
+    repeats = 5 if args.dry_run else 30
+    dense_params, dense_macs = cost(model, 0)
+    table = {"dense": {"params": dense_params, "macs": dense_macs,
+                       "latency_ms_batch1": latency_ms(model, 1, device, repeats * 10),
+                       "latency_ms_batch1000": latency_ms(model, 1000, device, repeats)}}
+    for r in ranks:
+        net = compress(model, factors, r)
+        params, macs = cost(model, r)
+        table[str(r or "full")] = {"params": params, "macs": macs,
+                                   "latency_ms_batch1": latency_ms(net, 1, device, repeats * 10),
+                                   "latency_ms_batch1000": latency_ms(net, 1000, device, repeats)}
+    for d, row in table.items():
+        row["speedup_batch1"] = table["dense"]["latency_ms_batch1"] / row["latency_ms_batch1"]
+        row["speedup_batch1000"] = table["dense"]["latency_ms_batch1000"] / row["latency_ms_batch1000"]
+        row["params_ratio"] = row["params"] / dense_params
+        if d != "dense":
+            row["test_acc"] = mean_std([run["rank_test_acc"][d] for run in runs])
+
+    metrics = {"baseline_test_acc": mean_std([run["baseline_test_acc"] for run in runs]),
+               "ranks": table, "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
+               "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    save_json(args.out / "metrics.json", metrics)
+    save_json(args.out / "config.json", {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()})
+    make_figures(metrics, args.out)
+    print(f"[p1] baseline test acc {metrics['baseline_test_acc']['mean']:.4f} "
+          f"+- {metrics['baseline_test_acc']['std']:.4f}; wrote {args.out}/metrics.json")
+
+
+def make_figures(metrics, out):
+    ranks = [d for d in metrics["ranks"] if d != "dense"]
+    numeric = [d for d in ranks if d != "full"]
+    base = metrics["baseline_test_acc"]
+    acc = [100 * metrics["ranks"][d]["test_acc"]["mean"] for d in numeric]
+    err = [100 * metrics["ranks"][d]["test_acc"]["std"] for d in numeric]
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar([int(d) for d in numeric], acc, yerr=err, marker="o", capsize=3, label="rank-D network")
+    ax.axhline(100 * base["mean"], color="k", ls="--", lw=1, label=f"baseline {100 * base['mean']:.2f}%")
+    ax.set(xscale="log", xlabel="rank D", ylabel="test accuracy (%)",
+           title=f"P1: accuracy of the rank-D network (mean +- std, {len(metrics['seeds'])} seeds)")
+    ax.set_xticks([int(d) for d in numeric], numeric)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "accuracy_vs_rank.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    params = [metrics["ranks"][d]["params"] for d in numeric]
+    ax.plot([int(d) for d in numeric], params, marker="o", label="rank-D network")
+    ax.axhline(metrics["ranks"]["dense"]["params"], color="k", ls="--", lw=1,
+               label=f"baseline {metrics['ranks']['dense']['params']:,}")
+    ax.set(xscale="log", yscale="log", xlabel="rank D", ylabel="parameters", title="P1: parameters against rank")
+    ax.set_xticks([int(d) for d in numeric], numeric)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "params_vs_rank.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, S in enumerate(metrics["seeds"][0]["singular_values"]):
+        ax.plot(range(1, len(S) + 1), S, label=f"W{i + 1}")
+    ax.axvline(20, color="k", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="index", ylabel="singular value",
+           title="P1: singular values of the baseline's weights (seed 0)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "singular_values.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
