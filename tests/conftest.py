@@ -28,6 +28,18 @@ def assert_clean_error(proc, *words):
         assert word in lines[0], (word, lines[0])
 
 
+def run_main(main, argv, capsys):
+    """Call a script's main(argv) in-process the way its __main__ does: (exit code, stderr)."""
+    from common.utils import run_cli
+    capsys.readouterr()
+    try:
+        run_cli(lambda: main([str(a) for a in argv]))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 

@@ -1,0 +1,96 @@
+"""The shared training loop: exact resume after SIGKILL and SIGINT, non-finite loss, checkpoint safety, DDP."""
+import pytest
+import torch
+
+from common.train import load_checkpoint, save_checkpoint
+from common.utils import UserError
+from conftest import assert_clean_error, run_script
+
+
+class Payload:
+    """An arbitrary Python object: unpickling it could run code, so weights_only loading must refuse it."""
+
+
+def final(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_run(a, b):
+    assert a["history"] == b["history"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plain")
+    proc = run_script("tests/tiny_fit.py", d / "ckpt.pt", d / "out.pt")
+    assert proc.returncode == 0, proc.stderr
+    return final(d / "out.pt")
+
+
+@pytest.mark.parametrize("kill_at", ["3:0", "4:5"])  # at an epoch boundary and mid-epoch
+def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, kill_at):
+    ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
+    proc = run_script("tests/tiny_fit.py", ckpt, out, "--kill-at", kill_at)
+    assert proc.returncode == -9 and not out.exists()
+    assert load_checkpoint(ckpt)["epoch"] == int(kill_at[0]) - 1  # the last finished epoch survived
+    proc = run_script("tests/tiny_fit.py", ckpt, out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(final(out), uninterrupted)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_saves_mid_epoch_and_resume_is_bit_exact(uninterrupted, tmp_path, sig):
+    ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
+    proc = run_script("tests/tiny_fit.py", ckpt, out, "--kill-at", "2:4", "--signal", sig)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "--resume" in proc.stderr
+    state = load_checkpoint(ckpt)
+    assert (state["epoch"], state["step"]) == (1, 5)  # it finished the step it was in, then saved
+    proc = run_script("tests/tiny_fit.py", ckpt, out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(final(out), uninterrupted)
+
+
+def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--nan-at-epoch", "3")
+    assert_clean_error(proc, "loss became nan", "epoch 3")
+    assert load_checkpoint(ckpt)["epoch"] == 2
+
+
+def test_resume_with_other_config_names_both(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--kill-at", "2:0")
+    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--resume", "--lr", "0.1")
+    assert_clean_error(proc, "lr=0.003", "lr=0.1")
+
+
+def test_checkpoints_are_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model={"w": torch.ones(2)}, config={"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+    assert load_checkpoint(path, config={"a": 1})["model"]["w"].sum() == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "pickled_object", "empty"])
+def test_damaged_checkpoint_gives_one_line_error(tmp_path, damage):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model={"w": torch.ones(1000)})
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all" * 10)
+    elif damage == "pickled_object":  # weights_only=True must refuse arbitrary objects
+        torch.save({"model": {}, "payload": Payload()}, path)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
