@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 
 .PHONY: all install test test-slow p1 p2 p3 p4 p5 report bench dry-run clean-runs
 
-all: install p1 p2 p3 p4 p5 report
+all: install p1 p2 p3 p4 p5 bench report
 
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -25,6 +25,9 @@ p4: install
 	$(PY) p4_denoise.py
 p5: install
 	$(PY) p5_draw.py
+bench: install
+	$(PY) benchmarks/p3_svd_step.py
+	$(PY) benchmarks/p4_realtime.py
 report: install
 	$(PY) make_report.py
 
