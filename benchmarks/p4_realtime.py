@@ -1,0 +1,131 @@
+"""Real-time factor of `p4_denoise.py denoise` on one CPU core: seconds of compute per second of audio.
+
+    python benchmarks/p4_realtime.py             # the committed model, 60 s of audio; results/p4/benchmark.json
+    python benchmarks/p4_realtime.py --dry-run   # 2 s of audio, in seconds (runs/dry-run/p4/benchmark.json)
+
+Every case runs side by side in one process on the same signal, with one thread: the streaming denoiser in
+memory (STFT + GRU + iSTFT, 1 s blocks and 0.1 s blocks), its three stages alone, and the whole command
+file to file, at 16 kHz mono and at 44.1 kHz stereo (resampled to 16 kHz and back). Each number is the
+median of --repeats runs, as wall time and as this process's CPU time (the CPU time is the steadier one
+on a shared machine: with one thread it cannot count time spent waiting for a core). Goal: <= 0.01.
+The compute does not depend on what the audio says, so the signal is seeded noise with a speech-like level.
+"""
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+import p4_denoise as p4  # noqa: E402
+from common.utils import ROOT, ArgumentParser, UserError, positive_float, positive_int, run_cli, save_json  # noqa: E402
+
+GOAL = 0.01
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=p4.DEFAULT_MODEL,
+                   help="the trained denoiser (default: results/p4/denoiser.pt; --dry-run uses an untrained one "
+                        "of the default shape when it is missing)")
+    p.add_argument("--seconds", type=positive_float, default=60.0, help="length of the test signal")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per case (the median is reported)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where benchmark.json goes (default: results/p4, or runs/dry-run/p4 with --dry-run)")
+    p.add_argument("--dry-run", action="store_true", help="2 s of audio, one repeat")
+    return p.parse_args(argv)
+
+
+def timed(fn, repeats):
+    """(median wall seconds, median CPU seconds) of `fn()`, after one untimed warm-up call."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if args.dry_run:
+        args.seconds, args.repeats = min(args.seconds, 2.0), 1
+    out = args.out or (ROOT / "runs" / "dry-run" / "p4" if args.dry_run else ROOT / "results" / "p4")
+    torch.set_num_threads(1)  # one core, as the goal says
+    if args.model.exists() or not args.dry_run:
+        model, source = p4.load_denoiser(args.model), str(args.model)
+    else:
+        model, source = p4.GRUMasker().eval(), "untrained GRUMasker() (dry run)"
+
+    rng = np.random.default_rng(0)
+    x = (0.05 * rng.standard_normal(round(args.seconds * p4.RATE))).astype(np.float32)  # (time,) at 16 kHz
+    X = p4.stft(x)
+    masked = (0.5 * X).astype(np.complex64)
+    mag = torch.from_numpy(np.abs(X))[None]  # (1, frames, 513)
+
+    def model_only():
+        with torch.no_grad():
+            state = None
+            for i in range(0, mag.shape[1], 32):  # 1 s blocks of frames, the state carried
+                state = model(mag[:, i:i + 32], state)[1]
+
+    def stft_only():
+        stream = p4.StreamingSTFT()
+        for i in range(0, len(x), p4.RATE):
+            stream.push(x[i:i + p4.RATE])
+        stream.finish()
+
+    def istft_only():
+        stream = p4.StreamingISTFT()
+        for i in range(0, len(masked), 32):
+            stream.push(masked[i:i + 32])
+        stream.finish()
+
+    cases = {
+        "stream_16k_mono_1s_blocks": lambda: p4.denoise_signal(model, x, block=p4.RATE),
+        "stream_16k_mono_0.1s_blocks": lambda: p4.denoise_signal(model, x, block=p4.RATE // 10),
+        "stage_stft": stft_only,
+        "stage_gru": model_only,
+        "stage_istft": istft_only,
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sf.write(tmp / "mono16k.wav", x, p4.RATE, subtype="PCM_16")
+        x44 = np.interp(np.arange(round(args.seconds * 44100)) / 44100, np.arange(len(x)) / p4.RATE, x)
+        sf.write(tmp / "stereo44k.wav", np.stack([x44, 0.8 * x44], axis=1), 44100, subtype="PCM_16")
+        cases["file_16k_mono_wav"] = lambda: p4.denoise_file(model, tmp / "mono16k.wav", tmp / "out1.wav")
+        cases["file_44.1k_stereo_wav"] = lambda: p4.denoise_file(model, tmp / "stereo44k.wav", tmp / "out2.wav")
+        for name, fn in cases.items():
+            wall, cpu = timed(fn, args.repeats)
+            results[name] = {"rtf_wall": wall / args.seconds, "rtf_cpu": cpu / args.seconds,
+                             "ms_per_audio_second": 1000 * wall / args.seconds}
+            print(f"[p4 bench] {name:30s} real-time factor {wall / args.seconds:.4f} (wall)  "
+                  f"{cpu / args.seconds:.4f} (cpu)", flush=True)
+
+    command = results["file_16k_mono_wav"]
+    report = {
+        "goal_rtf": GOAL,
+        "goal_met": command["rtf_cpu"] <= GOAL,
+        "goal_met_wall": command["rtf_wall"] <= GOAL,
+        "cases": results,
+        "audio_seconds": args.seconds, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "model": source, "model_params": sum(p.numel() for p in model.parameters()),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "dry_run": args.dry_run,
+    }
+    save_json(out / "benchmark.json", report)
+    print(f"[p4 bench] denoise command (16 kHz wav, one thread): real-time factor {command['rtf_cpu']:.4f} (cpu), "
+          f"{command['rtf_wall']:.4f} (wall); goal <= {GOAL}: {'met' if report['goal_met'] else 'NOT met'}; "
+          f"wrote {out / 'benchmark.json'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
