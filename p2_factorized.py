@@ -1,0 +1,201 @@
+"""Problem 2: fine-tune the rank-20 network as two factors per layer, U (out x 20) and V (in x 20).
+
+Each hidden layer of P1's baseline becomes x -> U (V^T x) + b, initialised from P1's SVD W = U S Vh as
+U <- U[:, :20], V^T <- S[:20, :20] Vh[:20] (S folded into V, not dropped: the network starts as exactly
+P1's rank-20 network). Then U, V, the biases and the last layer are fine-tuned by backprop at a small
+learning rate; the epoch with the best validation accuracy is kept and scored once on the test set.
+
+    python p2_factorized.py              # 3 seeds (seed k starts from checkpoints/p1_baseline_seed{k}.pt)
+    python p2_factorized.py --dry-run    # a tiny end-to-end run in seconds (needs `python p1_svd.py --dry-run`)
+
+Writes results/p2/{metrics.json, config.json, finetune_curve.png} and checkpoints/p2_factorized_seed{N}.pt;
+a finished fine-tune whose config (the baseline's included) is unchanged is reused, not retrained.
+
+Parameters: the factorized layers store U and V only, rank * (in + out) + out numbers each: 215,370 for the
+whole network. P1 counts its rank-20 network with S kept apart (20 more numbers per layer): 215,470.
+"""
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+import p1_svd
+from common.data import load_mnist
+from common.mnist_mlp import MLP, classification_loss, classification_metrics, load_baseline
+from common.plot import plt, save_figure
+from common.svd import svd
+from common.train import evaluate, fit, init_distributed, is_main, load_finished
+from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, pick_device,
+                          positive_float, positive_int, resolve_dirs, run_cli, save_json, seed_everything)
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
+    p.add_argument("--rank", type=positive_int, default=20, help="columns of U and V in every hidden layer")
+    p.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
+    p.add_argument("--weight-decay", type=fraction, default=0.0, help="AdamW weight decay")
+    p.add_argument("--dropout", type=fraction, default=0.2,
+                   help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
+    add_common_args(p, out="results/p2")
+    args = p.parse_args(argv)
+    if args.dropout >= 1:
+        p.error(f"--dropout must be below 1, got {args.dropout}")
+    if args.rank > 784:
+        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
+    return args
+
+
+# ----------------------------------------------------------------------------- 1. the factorized layer
+
+class FactorizedLinear(nn.Module):
+    """x -> U (V^T x) + b with trainable U (out, rank), V (in, rank) and b: rank * (in + out) + out numbers."""
+
+    def __init__(self, U, V, bias):
+        super().__init__()
+        self.U = nn.Parameter(U.detach().clone().contiguous())        # (out, rank)
+        self.V = nn.Parameter(V.detach().clone().contiguous())        # (in, rank)
+        self.bias = nn.Parameter(bias.detach().clone().contiguous())  # (out,)
+
+    @classmethod
+    def from_svd(cls, U, S, Vh, bias, rank):
+        """The rank-`rank` truncation of W = U diag(S) Vh: U[:, :rank] and V^T = diag(S[:rank]) Vh[:rank]."""
+        return cls(U[:, :rank], (S[:rank, None] * Vh[:rank]).T, bias)
+
+    def forward(self, x):  # (batch, in) -> (batch, out)
+        return torch.addmm(self.bias, x @ self.V, self.U.T)
+
+    def extra_repr(self):
+        return f"in={self.V.shape[0]}, out={self.U.shape[0]}, rank={self.U.shape[1]}"
+
+
+def factorize(model, factors, rank, dropout=0.0):
+    """A trainable copy of `model` whose hidden layers are FactorizedLinear, from one SVD per layer."""
+    net = MLP(model.head.in_features, len(model.hidden), dropout)
+    net.head.load_state_dict(model.head.state_dict())
+    for i, ((U, S, Vh), layer) in enumerate(zip(factors, model.hidden)):
+        net.hidden[i] = FactorizedLinear.from_svd(U, S, Vh, layer.bias, rank)
+    return net.to(model.head.weight.device)
+
+
+def n_params(model):
+    """Every number the network stores."""
+    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+
+
+# ----------------------------------------------------------------------------- 2. fine-tuning
+
+def finetune(seed, data, args, device):
+    """Factorize baseline `seed` at args.rank and fine-tune it (or reuse a finished fine-tune).
+
+    Returns (the fine-tuned network in eval mode, its history, the network before fine-tuning, the baseline).
+    """
+    baseline, base_config = load_baseline(args.ckpt_dir, seed)
+    baseline = baseline.to(device)
+    factors = [svd(layer.weight.detach()) for layer in baseline.hidden]
+    initial = factorize(baseline, factors, args.rank).eval()
+    config = {"rank": args.rank, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "weight_decay": args.weight_decay, "dropout": args.dropout, "seed": seed,
+              "train_size": len(data["train"][0]), "baseline": base_config}
+    path = args.ckpt_dir / f"p2_factorized_seed{seed}.pt"
+    model = factorize(baseline, factors, args.rank, args.dropout)
+    done = load_finished(path, config)
+    if done is not None:
+        model.load_state_dict(done["best_model"])
+        if is_main():
+            print(f"[p2] reusing the finished fine-tune {path}")
+        return model.eval(), done["history"], initial, baseline
+
+    seed_everything(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    val_set = TensorDataset(*data["val"])
+
+    def validate(m):
+        return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
+
+    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
+                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
+                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
+                  desc=f"p2 seed {seed}", quiet=args.quiet)
+    return model.eval(), history, initial, baseline
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = get_args(argv)
+    resolve_dirs(args, "p2")
+    device = init_distributed(pick_device(args.device))
+    data = load_mnist()
+    if args.dry_run:  # a few batches, the real architecture and the real code path
+        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
+    test_set = TensorDataset(*data["test"])
+    t_start = time.time()
+
+    def test_acc(model):
+        return evaluate(model, test_set, classification_metrics, device=device)["acc"]
+
+    runs = []
+    for seed in range(args.seeds):
+        t0 = time.time()
+        model, history, initial, baseline = finetune(seed, data, args, device)
+        initial_val = evaluate(initial, TensorDataset(*data["val"]), classification_metrics, device=device)["acc"]
+        run = {"seed": seed, "baseline_test_acc": test_acc(baseline), "initial_test_acc": test_acc(initial),
+               "initial_val_acc": initial_val, "test_acc": test_acc(model), "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+               "history": history, "seconds": time.time() - t0}
+        runs.append(run)
+        if is_main():
+            print(f"[p2] seed {seed}: rank-{args.rank} test acc {run['initial_test_acc']:.4f} before fine-tuning "
+                  f"(= P1), {run['test_acc']:.4f} after (baseline {run['baseline_test_acc']:.4f})")
+
+    if not is_main():
+        return
+    params = n_params(model)
+    metrics = {
+        "rank": args.rank,
+        "test_acc": mean_std([r["test_acc"] for r in runs]),
+        "initial_test_acc": mean_std([r["initial_test_acc"] for r in runs]),
+        "baseline_test_acc": mean_std([r["baseline_test_acc"] for r in runs]),
+        "params": params,
+        "params_p1": p1_svd.cost(baseline, args.rank)[0],
+        "params_dense": p1_svd.cost(baseline, 0)[0],
+        "params_note": "params counts what the factorized network stores (S folded into V); params_p1 is P1's "
+                       f"count of the same rank-{args.rank} network with S stored apart, {args.rank} more "
+                       "numbers per hidden layer",
+        "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
+        "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    save_json(args.out / "metrics.json", metrics)
+    save_json(args.out / "config.json", {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()})
+    make_figures(metrics, args.out)
+    acc = metrics["test_acc"]
+    print(f"[p2] rank-{args.rank} factorized network, {params:,} parameters: test acc {acc['mean']:.4f} "
+          f"+- {acc['std']:.4f} (P1 at D={args.rank}: {metrics['initial_test_acc']['mean']:.4f}); "
+          f"wrote {args.out}/metrics.json")
+
+
+def make_figures(metrics, out):
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run in metrics["seeds"]:
+        epochs = [0] + [r["epoch"] for r in run["history"]]
+        # epoch 0 is the network before fine-tuning, i.e. P1's rank-D network
+        acc = [100 * run["initial_val_acc"]] + [100 * r["val_acc"] for r in run["history"]]
+        ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
+    base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
+    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
+    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']}, test {100 * init:.2f}%")
+    ax.set(xlabel="fine-tuning epoch", ylabel="accuracy (%)",
+           title=f"P2: fine-tuning the rank-{metrics['rank']} factorized network")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "finetune_curve.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)

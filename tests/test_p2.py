@@ -1,0 +1,96 @@
+"""Problem 2: the factorized layer, P2 at initialisation == P1 at rank D, parameter counts, the script itself."""
+import shutil
+
+import pytest
+import torch
+
+import p1_svd
+import p2_factorized as p2
+from common.mnist_mlp import MLP, classification_loss
+from common.svd import low_rank, svd
+from common.utils import UserError
+from conftest import assert_clean_error, read_json, run_script
+
+
+def tiny_mlp(seed=0, width=24, depth=3):
+    torch.manual_seed(seed)
+    return MLP(width=width, depth=depth).double().eval()
+
+
+def test_factorized_layer_is_the_rank_d_truncation_with_s_folded_into_v():
+    W = torch.randn(9, 7, dtype=torch.float64)
+    b = torch.randn(9, dtype=torch.float64)
+    U, S, Vh = svd(W)
+    layer = p2.FactorizedLinear.from_svd(U, S, Vh, b, rank=3)
+    x = torch.randn(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ low_rank(U, S, Vh, 3).T + b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.U @ layer.V.T, low_rank(U, S, Vh, 3), rtol=1e-12, atol=1e-12)
+    # the defect to avoid: dropping S gives a different layer
+    assert not torch.allclose(layer.U @ Vh[:3], layer.U @ layer.V.T)
+
+
+@pytest.mark.parametrize("rank", [1, 5, 20])
+def test_initial_network_has_p1_rank_d_logits(rank):
+    model = tiny_mlp()
+    factors = [svd(layer.weight.detach()) for layer in model.hidden]
+    x = torch.rand(64, 784, dtype=torch.float64)
+    p2_logits = p2.factorize(model, factors, rank).double().eval()(x)
+    p1_logits = p1_svd.compress(model, factors, rank).double()(x)
+    torch.testing.assert_close(p2_logits, p1_logits, rtol=1e-10, atol=1e-10)
+
+
+def test_homework_parameter_counts():
+    model = MLP()  # 784 -> 5 x 1024 -> 10; counting needs the shapes only, not a real SVD
+    factors = [(torch.zeros(layer.out_features, 20), torch.zeros(20), torch.zeros(20, layer.in_features))
+               for layer in model.hidden]
+    net = p2.factorize(model, factors, 20)
+    assert p2.n_params(net) == sum(p.numel() for p in net.parameters()) == 215_370
+    assert p2.n_params(net) + 5 * 20 == p1_svd.cost(model, 20)[0] == 215_470  # P1 stores S apart: 20 per layer
+
+
+def test_fine_tuning_reaches_every_factor_bias_and_the_head():
+    model = tiny_mlp()
+    net = p2.factorize(model, [svd(layer.weight.detach()) for layer in model.hidden], 4).double().train()
+    x, y = torch.rand(16, 784, dtype=torch.float64), torch.randint(0, 10, (16,))
+    classification_loss(net, (x, y)).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert {n.split(".")[-1] for n, _ in net.hidden.named_parameters()} == {"U", "V", "bias"}
+
+
+def test_dry_run(dry_p1, tmp_path, capsys):
+    p1_out, ckpt = dry_p1
+    proc = run_script("p2_factorized.py", "--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "out",
+                      "--ckpt-dir", ckpt)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_json(tmp_path / "out" / "metrics.json")
+    assert metrics["dry_run"] is True and metrics["params"] == 215_370 and metrics["params_p1"] == 215_470
+    for name in ("finetune_curve.png", "config.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    run = metrics["seeds"][0]
+    # before fine-tuning it is P1's rank-20 network (float32: the two factorizations may round differently)
+    assert abs(run["initial_test_acc"] - read_json(p1_out / "metrics.json")["seeds"][0]["rank_test_acc"]["20"]) <= 2e-3
+    assert (ckpt / "p2_factorized_seed0.pt").exists()
+
+    # same seed, same numbers: a fresh run in another folder retrains to the same history ...
+    other = tmp_path / "ckpt2"
+    other.mkdir()
+    shutil.copy(ckpt / "p1_baseline_seed0.pt", other)
+    args = ["--dry-run", "--quiet", "--seeds", "1", "--out", str(tmp_path / "out2")]
+    p2.main(args + ["--ckpt-dir", str(other)])
+    again = read_json(tmp_path / "out2" / "metrics.json")["seeds"][0]
+    untimed = [[{k: v for k, v in h.items() if k != "train_seconds"} for h in r["history"]] for r in (again, run)]
+    assert untimed[0] == untimed[1] and again["test_acc"] == run["test_acc"]
+    # ... and a re-run with the same config reuses the finished checkpoint instead of training
+    capsys.readouterr()
+    p2.main(args + ["--ckpt-dir", str(other)])
+    assert "reusing the finished fine-tune" in capsys.readouterr().out
+    assert read_json(tmp_path / "out2" / "metrics.json")["seeds"][0]["test_acc"] == run["test_acc"]
+
+
+def test_missing_baseline_and_bad_rank(tmp_path):
+    with pytest.raises(UserError, match="p1_svd.py"):
+        p2.main(["--dry-run", "--quiet", "--out", str(tmp_path / "o"), "--ckpt-dir", str(tmp_path / "empty")])
+    proc = run_script("p2_factorized.py", "--dry-run", "--rank", "900", "--out", tmp_path / "o")
+    assert_clean_error(proc, "--rank")
+    assert not (tmp_path / "o" / "metrics.json").exists()
