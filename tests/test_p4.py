@@ -65,10 +65,20 @@ def test_stft_is_the_homework_stft_and_round_trips():
 
 def test_all_ones_mask_returns_the_input():
     x = np.random.default_rng(1).standard_normal(12345).astype(np.float32)
-    X = p4.stft(x)
+    X = p4.analyse(x)
     np.testing.assert_allclose(p4.separate(np.ones(X.shape, np.float32), X, len(x)), x, atol=1e-5)
     # the streaming path with a model whose mask is 1 everywhere (sigmoid(40) == 1 in float32)
     np.testing.assert_allclose(p4.denoise_signal(tiny_gru(bias=40.0), x, block=3000), x, atol=1e-5)
+
+
+def test_a_masked_file_ends_without_a_click():
+    x = np.random.default_rng(5).standard_normal(5 * 512 + 500).astype(np.float32) * 0.1  # ends mid-hop
+    mask = (np.random.default_rng(6).random((1 + len(x) // 512, 513)) > 0.5).astype(np.float32)
+    literal = p4.istft(mask * p4.stft(x), len(x))  # the last 500 samples lie under one window only
+    assert np.abs(literal[-500:]).max() > 10 * np.abs(x).max()
+    X = p4.analyse(x)  # padded to 6 whole hops: every sample under two windows
+    ours = p4.separate(mask[np.arange(len(X)) % len(mask)], X, len(x))
+    assert len(ours) == len(x) and np.abs(ours).max() < 2 * np.abs(x).max()
 
 
 def test_snr_against_a_hand_computation():
@@ -78,12 +88,17 @@ def test_snr_against_a_hand_computation():
     assert p4.snr_db(s, 0 * s) == pytest.approx(0.0)  # silence as the estimate: 0 dB
 
 
+def complex_randn(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)).to(torch.complex128)
+
+
 @pytest.mark.parametrize("power", [0.0, 1.0])
 def test_padded_frames_do_not_change_the_loss_or_its_gradient(power):
     torch.manual_seed(0)
     model = p4.GRUMasker(hidden=8, dropout=0.0).double()
-    mags = [torch.rand(5, 513, dtype=torch.float64), torch.rand(3, 513, dtype=torch.float64)]
-    masks = [(torch.rand(5, 513) > 0.5).double(), (torch.rand(3, 513) > 0.5).double()]
+    S = [complex_randn(5, 513, seed=1), complex_randn(3, 513, seed=2)]
+    N = [complex_randn(5, 513, seed=3), complex_randn(3, 513, seed=4)]
 
     def loss_and_grad(batch):
         model.zero_grad()
@@ -91,19 +106,51 @@ def test_padded_frames_do_not_change_the_loss_or_its_gradient(power):
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    batch = p4.pad_batch(list(zip(mags, masks)))
+    batch = p4.pad_batch(list(zip(S, N)))
     assert batch[0].shape == (2, 5, 513) and batch[2].tolist() == [5, 3]
     loss, grads = loss_and_grad(batch)
     # the oracle: each sequence's own (unpadded) loss, weighted by its total weight (frames x 513 if power is 0)
-    alone = [p4.mask_loss(model, p4.pad_batch([(m, t)]), power).item() for m, t in zip(mags, masks)]
-    total = [(m ** power).sum().item() for m in mags]
+    alone = [p4.mask_loss(model, p4.pad_batch([(s, n)]), power).item() for s, n in zip(S, N)]
+    total = [((s + n).abs() ** power).sum().item() for s, n in zip(S, N)]
     assert loss.item() == pytest.approx(np.dot(alone, total) / sum(total), rel=1e-12)
     garbage = (batch[0].clone(), batch[1].clone(), batch[2])
-    garbage[0][1, 3:], garbage[1][1, 3:] = 1e3 * torch.rand(2, 513), 1.0
+    garbage[0][1, 3:], garbage[1][1, 3:] = 1e3 * complex_randn(2, 513, seed=5), complex_randn(2, 513, seed=6)
     loss2, grads2 = loss_and_grad(garbage)
     assert loss2.item() == loss.item()
     for g, g2 in zip(grads, grads2):
         torch.testing.assert_close(g, g2, rtol=0, atol=0)
+
+
+def test_mixture_is_the_stft_of_the_mixture_and_remix_draws_new_ones():
+    rng = np.random.default_rng(0)
+    s, n = [rng.standard_normal((3, 8000)).astype(np.float32) * a for a in (0.1, 0.2)]
+    S, N = (torch.from_numpy(np.stack([p4.stft(row) for row in sig])) for sig in (s, n))  # (3, 16, 513)
+    lengths = torch.tensor([16, 16, 16])
+    mag, mask = p4.mixture(S, N, lengths)
+    np.testing.assert_allclose(mag[1].numpy(), np.abs(p4.stft(s[1] + n[1])), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(mask[1].numpy(), p4.ideal_binary_mask(S[1].numpy(), N[1].numpy()))
+    torch.manual_seed(0)
+    mag2, mask2 = p4.mixture(S, N, lengths, remix=True)
+    torch.manual_seed(0)  # the same draws, in the same order: a permutation of the noises, then the SNRs
+    perm, snr = torch.randperm(3), torch.empty(3).uniform_(-5.0, 5.0)
+    assert sorted(perm.tolist()) == [0, 1, 2] and ((-5 <= snr) & (snr <= 5)).all()
+    for i in range(3):
+        noise = N[perm[i]] * torch.sqrt((S[i].abs() ** 2).sum() / (N[perm[i]].abs() ** 2).sum()) * 10 ** (-snr[i] / 20)
+        achieved = 10 * torch.log10((S[i].abs() ** 2).sum() / (noise.abs() ** 2).sum())
+        assert achieved.item() == pytest.approx(snr[i].item(), abs=1e-3)
+        torch.testing.assert_close(mag2[i], (S[i] + noise).abs())
+        torch.testing.assert_close(mask2[i], (S[i].abs() > noise.abs()).float())
+
+
+@pytest.mark.parametrize("frames", [1, 47, 48, 49, 96, 118, 187])
+def test_training_windows_cover_every_frame_and_are_full(frames):
+    starts = p4.window_starts(frames, 48)
+    covered = np.zeros(frames, bool)
+    for t in starts:
+        assert t + min(48, frames) <= frames
+        covered[t:t + 48] = True
+    assert covered.all() and starts == sorted(set(starts))
+    assert len(starts) == max(1, -(-frames // 48))
 
 
 def test_weighted_loss_counts_loud_bins_more():
@@ -151,9 +198,9 @@ def test_streaming_equals_whole_file():
     for block in (1, 700, 8000):
         np.testing.assert_allclose(p4.denoise_signal(model, x, block=block), whole, rtol=1e-5, atol=1e-6)
     # and both equal the training script's path: librosa STFT, the mask over the whole sequence, librosa iSTFT
-    X = p4.stft(x)
+    X = p4.analyse(x)
     M_hat = p4.predict_masks(model, [np.abs(X)])[0]
-    np.testing.assert_allclose(whole, p4.separate(M_hat, X, len(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(whole, p4.separate(M_hat, X, len(x)), atol=1e-5)
 
 
 def test_streaming_memory_is_bounded_by_the_block():
