@@ -1,0 +1,337 @@
+"""Problem 3: train the dense weights through their rank-20 SVD, with a straight-through gradient.
+
+The parameters are the dense W of every hidden layer, initialised from P1's baseline. Every forward pass
+uses W_hat = U[:, :20] S[:20, :20] V[:, :20]^T of the current W; the backward pass treats the projection
+W -> W_hat as the identity (a custom torch.autograd.Function), so W receives exactly the gradient that a
+linear layer with weight W_hat would. The network evaluated and reported is the rank-20 one, built from the
+exact SVD of the final W (P1's rank-20 network, 215,470 parameters).
+
+An exact SVD of a 1024 x 1024 matrix at every step would cost several plain training steps. Instead each
+layer tracks its top singular subspace: one warm-started subspace iteration per step on the previous
+step's basis, with `--oversample` extra directions (the singular values around index 20 are close, so
+the basis must be wider than 20 to keep up) and an exact SVD every `--refresh-every` steps.
+benchmarks/p3_svd_step.py times this against exact and randomized SVD.
+
+    python p3_svd_ste.py              # 3 seeds (seed k starts from checkpoints/p1_baseline_seed{k}.pt)
+    python p3_svd_ste.py --dry-run    # a tiny end-to-end run in seconds (needs `python p1_svd.py --dry-run`)
+
+Writes results/p3/{metrics.json, config.json, finetune_curve.png, tracking_error.png} and
+checkpoints/p3_ste_seed{N}.pt; a finished run whose config (the baseline's included) is unchanged is reused.
+"""
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+import p1_svd
+from common.data import load_mnist
+from common.mnist_mlp import MLP, classification_loss, classification_metrics, load_baseline
+from common.plot import plt, save_figure
+from common.svd import svd
+from common.train import evaluate, fit, init_distributed, is_main, load_finished
+from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, nonnegative_int,
+                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_json,
+                          seed_everything)
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
+    p.add_argument("--rank", type=positive_int, default=20, help="rank of the projection W_hat used in the forward pass")
+    p.add_argument("--oversample", type=nonnegative_int, default=10,
+                   help="extra directions the subspace tracker carries beyond --rank")
+    p.add_argument("--refresh-every", type=nonnegative_int, default=200,
+                   help="replace the tracked subspace by an exact SVD every this many steps (0: never)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=5e-4,
+                   help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
+    p.add_argument("--weight-decay", type=fraction, default=0.0, help="AdamW weight decay")
+    p.add_argument("--dropout", type=fraction, default=0.1, help="dropout after every hidden layer while training")
+    add_common_args(p, out="results/p3")
+    args = p.parse_args(argv)
+    if args.dropout >= 1:
+        p.error(f"--dropout must be below 1, got {args.dropout}")
+    if args.rank > 784:
+        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
+    return args
+
+
+# ----------------------------------------------------------------------------- 1. the straight-through gradient
+
+class LowRankSTE(torch.autograd.Function):
+    """y = x W_hat^T + b with W_hat = U diag(S) Vh, the rank-r projection of W; dL/dW = dL/dW_hat.
+
+    Forward: through the factors, x -> ((x Vh^T) * S) U^T + b, r * (in + out) multiply-adds per row instead
+    of in * out. Backward: the projection W -> W_hat counts as the identity (straight-through), so W gets
+    exactly the gradient of a linear layer with weight W_hat, g^T x. U, S, Vh are the tracker's (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, U, S, Vh, bias):  # x (batch, in), W (out, in), U (out, r), S (r,), Vh (r, in)
+        ctx.save_for_backward(x, U, S, Vh)
+        return torch.addmm(bias, (x @ Vh.T) * S, U.T)
+
+    @staticmethod
+    def backward(ctx, g):  # g = dL/dy, (batch, out)
+        x, U, S, Vh = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_x = ((g @ U) * S) @ Vh if need[0] else None  # g W_hat, through the factors
+        grad_W = g.T @ x if need[1] else None               # dL/dW_hat, passed straight through to W
+        grad_b = g.sum(0) if need[5] else None
+        return grad_x, grad_W, None, None, None, grad_b
+
+
+# ----------------------------------------------------------------------------- 2. tracking the top singular subspace
+
+def subspace_iteration(W, Q, rank):
+    """One step of subspace iteration warm-started from Q, then Rayleigh-Ritz.
+
+    W (out, in); Q (in, k), an orthonormal basis of (roughly) W's top-k right singular subspace.
+    Returns W's approximate top-`rank` triplets U (out, rank), S (rank,), Vh (rank, in), and the next basis
+    (in, k): all k right Ritz vectors. Two products with W, 2 * out * in * k multiply-adds, and an SVD of k x in.
+    """
+    P, _ = torch.linalg.qr(W @ Q)                                  # (out, k): orthonormal basis of range(W Q)
+    Ub, S, Vh = torch.linalg.svd(P.T @ W, full_matrices=False)     # (k, in) = Ub diag(S) Vh, small
+    return P @ Ub[:, :rank], S[:rank], Vh[:rank], Vh.T
+
+
+class SubspaceTracker(nn.Module):
+    """The top-`rank` singular triplets (U, S, Vh) of a matrix that changes a little at every update.
+
+    update(W) runs one subspace iteration from the previous basis (rank + oversample directions wide);
+    every `refresh_every`-th update (0: never) is an exact SVD instead, which also undoes any drift.
+    All state lives in buffers, so a checkpoint holds it and a resumed run continues bit for bit.
+    """
+
+    def __init__(self, W, rank, oversample=10, refresh_every=200, factors=None):
+        super().__init__()
+        out, n_in = W.shape
+        self.rank, self.refresh_every = min(rank, out, n_in), refresh_every
+        k = min(self.rank + oversample, out, n_in)
+        self.register_buffer("U", W.new_zeros(out, self.rank))
+        self.register_buffer("S", W.new_zeros(self.rank))
+        self.register_buffer("Vh", W.new_zeros(self.rank, n_in))
+        self.register_buffer("Q", W.new_zeros(n_in, k))  # the warm start: approximate top-k right singular vectors
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.refresh(W, factors)
+
+    @torch.no_grad()
+    def refresh(self, W, factors=None):
+        """Exact: the top triplets and basis from torch.linalg.svd of W (or from `factors`, W's SVD, if given)."""
+        U, S, Vh = svd(W) if factors is None else factors
+        self._store(U[:, :self.rank], S[:self.rank], Vh[:self.rank], Vh[:self.Q.shape[1]].T)
+
+    @torch.no_grad()
+    def update(self, W):
+        self.updates += 1
+        if self.refresh_every and self.updates % self.refresh_every == 0:
+            self.refresh(W)
+        else:
+            self._store(*subspace_iteration(W, self.Q, self.rank))
+
+    def _store(self, U, S, Vh, Q):
+        self.U.copy_(U)
+        self.S.copy_(S)
+        self.Vh.copy_(Vh)
+        self.Q.copy_(Q)
+
+    def extra_repr(self):
+        return f"rank={self.rank}, width={self.Q.shape[1]}, refresh_every={self.refresh_every}"
+
+
+# ----------------------------------------------------------------------------- 3. the network
+
+class SVDSTELinear(nn.Module):
+    """A linear layer with a dense trainable weight W whose forward pass uses W's rank-r projection W_hat.
+
+    In training mode every forward pass first updates the tracker to the current W; in eval mode W does
+    not change and the last estimate is used.
+    """
+
+    def __init__(self, weight, bias, rank, oversample, refresh_every, factors=None):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())  # (out, in)
+        self.bias = nn.Parameter(bias.detach().clone())      # (out,)
+        self.tracker = SubspaceTracker(self.weight.detach(), rank, oversample, refresh_every, factors)
+
+    def forward(self, x):  # (batch, in) -> (batch, out)
+        if self.training and torch.is_grad_enabled():
+            self.tracker.update(self.weight.detach())
+        t = self.tracker
+        return LowRankSTE.apply(x, self.weight, t.U, t.S, t.Vh, self.bias)
+
+    def extra_repr(self):
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}"
+
+
+def ste_network(baseline, rank, oversample=10, refresh_every=200, dropout=0.0, factors=None):
+    """A copy of the baseline whose hidden layers train through their rank-`rank` projection.
+
+    `factors`: the SVD of each baseline weight, if the caller has computed it already.
+    """
+    net = MLP(baseline.head.in_features, len(baseline.hidden), dropout)
+    net.head.load_state_dict(baseline.head.state_dict())
+    for i, layer in enumerate(baseline.hidden):
+        net.hidden[i] = SVDSTELinear(layer.weight, layer.bias, rank, oversample, refresh_every,
+                                     factors[i] if factors is not None else None)
+    return net.to(baseline.head.weight.device)
+
+
+@torch.no_grad()
+def rank_network(model, rank):
+    """(the rank-`rank` network from the exact SVD of each current W (P1's construction), the SVDs)."""
+    factors = [svd(layer.weight.detach()) for layer in model.hidden]
+    return p1_svd.compress(model, factors, rank), factors
+
+
+@torch.no_grad()
+def tracking_error_ratios(model, factors):
+    """For each layer, ||W - W_hat||_F / ||W - W_opt||_F, where W_hat is what one subspace iteration from the
+    tracker's basis gives for the current W and W_opt is the exact rank-r truncation (1.0 = optimal)."""
+    ratios = []
+    for layer, (_, S, _) in zip(model.hidden, factors):
+        W, t = layer.weight, layer.tracker
+        U, S_hat, Vh, _ = subspace_iteration(W, t.Q, t.rank)
+        ratios.append((torch.linalg.norm(W - (U * S_hat) @ Vh) / S[t.rank:].norm()).item())
+    return ratios
+
+
+def dense_network(model):
+    """The plain MLP with the dense W themselves as weights (what the STE network would be without projection)."""
+    net = MLP(model.head.in_features, len(model.hidden))
+    net.load_state_dict({k: v for k, v in model.state_dict().items() if ".tracker." not in k})
+    return net.to(model.head.weight.device).eval()
+
+
+# ----------------------------------------------------------------------------- 4. training
+
+def train(seed, data, args, device):
+    """Train baseline `seed` through its rank-r projection (or reuse a finished run).
+
+    Returns (the trained STE network, its history, the baseline, P1's rank-r network where training started).
+    """
+    baseline, base_config = load_baseline(args.ckpt_dir, seed)
+    baseline = baseline.to(device)
+    initial, factors = rank_network(baseline, args.rank)  # one SVD per layer serves both
+    config = {"rank": args.rank, "oversample": args.oversample, "refresh_every": args.refresh_every,
+              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "weight_decay": args.weight_decay, "dropout": args.dropout, "seed": seed,
+              "train_size": len(data["train"][0]), "baseline": base_config}
+    path = args.ckpt_dir / f"p3_ste_seed{seed}.pt"
+    model = ste_network(baseline, args.rank, args.oversample, args.refresh_every, args.dropout, factors)
+    done = load_finished(path, config)
+    if done is not None:
+        model.load_state_dict(done["best_model"])
+        if is_main():
+            print(f"[p3] reusing the finished run {path}")
+        return model.eval(), done["history"], baseline, initial
+
+    seed_everything(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    val_set = TensorDataset(*data["val"])
+
+    def validate(m):
+        """Select on the network that is reported: the rank-r one from the exact SVD of the current W."""
+        net, factors = rank_network(m, args.rank)
+        record = {f"val_{k}": v for k, v in evaluate(net, val_set, classification_metrics, device=device).items()}
+        record["tracking_error_ratio"] = tracking_error_ratios(m, factors)
+        return record
+
+    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
+                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
+                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
+                  desc=f"p3 seed {seed}", quiet=args.quiet)
+    return model.eval(), history, baseline, initial
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = get_args(argv)
+    resolve_dirs(args, "p3")
+    device = init_distributed(pick_device(args.device))
+    data = load_mnist()
+    if args.dry_run:  # a few batches, the real architecture and the real code path
+        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
+    test_set, val_set = TensorDataset(*data["test"]), TensorDataset(*data["val"])
+    t_start = time.time()
+
+    def acc(model, dataset=test_set):
+        return evaluate(model, dataset, classification_metrics, device=device)["acc"]
+
+    runs = []
+    for seed in range(args.seeds):
+        t0 = time.time()
+        model, history, baseline, initial = train(seed, data, args, device)
+        final, factors = rank_network(model, args.rank)
+        run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
+               "initial_val_acc": acc(initial, val_set), "test_acc": acc(final),
+               "dense_W_test_acc": acc(dense_network(model)),
+               "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+               "tracking_error_ratio_max": max(max(r["tracking_error_ratio"]) for r in history),
+               "singular_values": [S[:4 * args.rank].tolist() for _, S, _ in factors],
+               "history": history, "seconds": time.time() - t0}
+        runs.append(run)
+        if is_main():
+            print(f"[p3] seed {seed}: rank-{args.rank} test acc {run['initial_test_acc']:.4f} before (= P1), "
+                  f"{run['test_acc']:.4f} after; tracker error <= {run['tracking_error_ratio_max']:.4f} x optimal")
+
+    if not is_main():
+        return
+    metrics = {
+        "rank": args.rank,
+        "test_acc": mean_std([r["test_acc"] for r in runs]),
+        "initial_test_acc": mean_std([r["initial_test_acc"] for r in runs]),
+        "baseline_test_acc": mean_std([r["baseline_test_acc"] for r in runs]),
+        "dense_W_test_acc": mean_std([r["dense_W_test_acc"] for r in runs]),
+        "params": p1_svd.cost(baseline, args.rank)[0],  # the rank-r network that is evaluated (S stored apart)
+        "params_dense": p1_svd.cost(baseline, 0)[0],
+        "tracking_error_ratio_max": max(r["tracking_error_ratio_max"] for r in runs),
+        "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
+        "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    save_json(args.out / "metrics.json", metrics)
+    save_json(args.out / "config.json", {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()})
+    make_figures(metrics, args.out)
+    a = metrics["test_acc"]
+    print(f"[p3] rank-{args.rank} network, {metrics['params']:,} parameters: test acc {a['mean']:.4f} "
+          f"+- {a['std']:.4f} (P1 at D={args.rank}: {metrics['initial_test_acc']['mean']:.4f}); "
+          f"wrote {args.out}/metrics.json")
+
+
+def make_figures(metrics, out):
+    r = metrics["rank"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run in metrics["seeds"]:
+        epochs = [0] + [h["epoch"] for h in run["history"]]
+        acc = [100 * run["initial_val_acc"]] + [100 * h["val_acc"] for h in run["history"]]
+        ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
+    base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
+    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
+    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {r}, test {100 * init:.2f}%")
+    ax.set(xlabel="epoch", ylabel="accuracy of the rank-%d network (%%)" % r,
+           title=f"P3: straight-through training through the rank-{r} SVD")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "finetune_curve.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    run = metrics["seeds"][0]
+    epochs = [h["epoch"] for h in run["history"]]
+    for i in range(len(run["history"][0]["tracking_error_ratio"])):
+        ax.plot(epochs, [100 * (h["tracking_error_ratio"][i] - 1) for h in run["history"]], marker=".",
+                label=f"W{i + 1}")
+    ax.axhline(1.0, color="r", ls="--", lw=1, label="bar: 1% above optimal")
+    ax.set(xlabel="epoch", ylabel="tracker error above optimal (%)",
+           title=f"P3: subspace tracker vs exact rank-{r} SVD (seed {run['seed']}, end of each epoch)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "tracking_error.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
