@@ -15,7 +15,7 @@ benchmarks/p3_svd_step.py times this against exact and randomized SVD.
     python p3_svd_ste.py              # 3 seeds (seed k starts from checkpoints/p1_baseline_seed{k}.pt)
     python p3_svd_ste.py --dry-run    # a tiny end-to-end run in seconds (needs `python p1_svd.py --dry-run`)
 
-Writes results/p3/{metrics.json, config.json, finetune_curve.png, tracking_error.png} and
+Writes results/p3/{metrics.json, config.json, finetune_curve.png, tracking_error.png, singular_values.png} and
 checkpoints/p3_ste_seed{N}.pt; a finished run whose config (the baseline's included) is unchanged is reused.
 """
 import time
@@ -269,11 +269,13 @@ def main(argv=None):
         t0 = time.time()
         model, history, baseline, initial = train(seed, data, args, device)
         final, factors = rank_network(model, args.rank)
+        start = [torch.linalg.svdvals(layer.weight.detach()) for layer in baseline.hidden]
         run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
                "initial_val_acc": acc(initial, val_set), "test_acc": acc(final),
                "dense_W_test_acc": acc(dense_network(model)),
                "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
                "tracking_error_ratio_max": max(max(r["tracking_error_ratio"]) for r in history),
+               "singular_values_before": [S[:4 * args.rank].tolist() for S in start],  # the largest 4 * rank
                "singular_values": [S[:4 * args.rank].tolist() for _, S, _ in factors],
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
@@ -331,6 +333,18 @@ def make_figures(metrics, out):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, out / "tracking_error.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    for i, ax in zip([0, len(run["singular_values"]) - 1], axes):
+        for key, label in [("singular_values_before", "baseline"), ("singular_values", "after P3")]:
+            S = run[key][i]
+            ax.plot(range(1, len(S) + 1), S, marker=".", ms=3, label=label)
+        ax.axvline(r + 0.5, color="k", ls=":", lw=1, label=f"rank {r}")
+        ax.set(xlabel="index", ylabel="singular value", title=f"W{i + 1} (seed {run['seed']})")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle("P3: the largest singular values before and after straight-through training")
+    save_figure(fig, out / "singular_values.png")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_dry_run(dry_p1, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_json(tmp_path / "out" / "metrics.json")
     assert metrics["dry_run"] is True and metrics["params"] == 215_470
-    for name in ("finetune_curve.png", "tracking_error.png", "config.json"):
+    for name in ("finetune_curve.png", "tracking_error.png", "singular_values.png", "config.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     run = metrics["seeds"][0]
     # it starts from P1's rank-20 network, built the same way from the same baseline
