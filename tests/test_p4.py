@@ -23,6 +23,8 @@ def tiny_gru(seed=0, hidden=16, bias=None):
         with torch.no_grad():
             model.out.weight.zero_()
             model.out.bias.fill_(bias)
+            model.skip.weight.zero_()
+            model.skip.bias.zero_()
     return model
 
 
@@ -131,15 +133,19 @@ def test_mixture_is_the_stft_of_the_mixture_and_remix_draws_new_ones():
     np.testing.assert_array_equal(mask[1].numpy(), p4.ideal_binary_mask(S[1].numpy(), N[1].numpy()))
     torch.manual_seed(0)
     mag2, mask2 = p4.mixture(S, N, lengths, remix=True)
-    torch.manual_seed(0)  # the same draws, in the same order: a permutation of the noises, then the SNRs
+    torch.manual_seed(0)  # the same draws in the same order: noise permutation, SNRs, which windows lose bandwidth
     perm, snr = torch.randperm(3), torch.empty(3).uniform_(-5.0, 5.0)
+    cut, cutoff = torch.rand(3) < 0.5, torch.empty(3).uniform_(256, 513)
     assert sorted(perm.tolist()) == [0, 1, 2] and ((-5 <= snr) & (snr <= 5)).all()
     for i in range(3):
         noise = N[perm[i]] * torch.sqrt((S[i].abs() ** 2).sum() / (N[perm[i]].abs() ** 2).sum()) * 10 ** (-snr[i] / 20)
         achieved = 10 * torch.log10((S[i].abs() ** 2).sum() / (noise.abs() ** 2).sum())
         assert achieved.item() == pytest.approx(snr[i].item(), abs=1e-3)
-        torch.testing.assert_close(mag2[i], (S[i] + noise).abs())
-        torch.testing.assert_close(mask2[i], (S[i].abs() > noise.abs()).float())
+        band = torch.sigmoid((cutoff[i] - torch.arange(513)) / 4) if cut[i] else torch.ones(513)
+        torch.testing.assert_close(mag2[i], ((S[i] + noise) * band).abs())
+        ibm = (S[i].abs() > noise.abs()).float()
+        assert torch.equal(mask2[i][:, :250], ibm[:, :250])  # the IBM is unchanged wherever the band passes
+    assert cut.any() and not cut.all()  # this seed shows both cases
 
 
 @pytest.mark.parametrize("frames", [1, 47, 48, 49, 96, 118, 187])
@@ -177,6 +183,10 @@ def test_the_gru_mask_is_causal():
 
 
 # ----------------------------------------------------------------------------- streaming
+
+def test_streaming_window_is_librosas():
+    np.testing.assert_allclose(p4.hann(), librosa.filters.get_window("hann", 1024, fftbins=True), atol=1e-7)
+
 
 @pytest.mark.parametrize("length", [1, 511, 512, 1500, 16000, 40001])
 def test_streaming_stft_and_istft_match_librosa(length):
