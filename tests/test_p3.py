@@ -136,6 +136,17 @@ def test_rank_network_parameter_count_and_logits():
     torch.testing.assert_close(p3.dense_network(ste).double()(x), small(x), rtol=1e-12, atol=1e-12)
 
 
+def test_tracking_errors_of_an_exact_tracker():
+    torch.manual_seed(0)
+    small = MLP(width=16, depth=3).double()
+    ste = p3.ste_network(small, rank=4, oversample=3, refresh_every=0).double()
+    with torch.no_grad():
+        ste.hidden[1].weight.add_(1.0 * torch.randn_like(ste.hidden[1].weight))  # a jump the tracker has not seen
+    ratios, distances = p3.tracking_errors(ste, p3.rank_network(ste, 4)[1])
+    assert ratios[0] == pytest.approx(1.0, abs=1e-10) and distances[0] == pytest.approx(0.0, abs=1e-10)
+    assert ratios[1] > 1.0 + 1e-6 and distances[1] > 1e-3  # after a jump one iteration is not exact
+
+
 def test_dry_run(dry_p1, tmp_path):
     p1_out, ckpt = dry_p1
     proc = run_script("p3_svd_ste.py", "--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "out",
@@ -148,7 +159,7 @@ def test_dry_run(dry_p1, tmp_path):
     run = metrics["seeds"][0]
     # it starts from P1's rank-20 network, built the same way from the same baseline
     assert run["initial_test_acc"] == read_json(p1_out / "metrics.json")["seeds"][0]["rank_test_acc"]["20"]
-    assert metrics["tracking_error_ratio_max"] <= 1.01
+    assert metrics["tracking_error_ratio_max"] <= 1.01 and metrics["tracking_distance_max"] < 0.5
     assert (ckpt / "p3_ste_seed0.pt").exists()
 
 
