@@ -136,19 +136,19 @@ def main(argv=None):
     if args.dry_run:  # a few batches, the real architecture and the real code path
         data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
         args.epochs, args.seeds = 1, min(args.seeds, 2)
-    test_set = TensorDataset(*data["test"])
+    test_set, val_set = TensorDataset(*data["test"]), TensorDataset(*data["val"])
     t_start = time.time()
 
-    def test_acc(model):
-        return evaluate(model, test_set, classification_metrics, device=device)["acc"]
+    def acc(model, dataset=test_set):
+        return evaluate(model, dataset, classification_metrics, device=device)["acc"]
 
     runs = []
     for seed in range(args.seeds):
         t0 = time.time()
         model, history, initial, baseline = finetune(seed, data, args, device)
-        initial_val = evaluate(initial, TensorDataset(*data["val"]), classification_metrics, device=device)["acc"]
-        run = {"seed": seed, "baseline_test_acc": test_acc(baseline), "initial_test_acc": test_acc(initial),
-               "initial_val_acc": initial_val, "test_acc": test_acc(model), "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+        run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
+               "initial_val_acc": acc(initial, val_set), "test_acc": acc(model),
+               "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
         if is_main():

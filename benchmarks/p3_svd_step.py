@@ -41,8 +41,8 @@ from common.data import load_mnist  # noqa: E402
 from common.mnist_mlp import MLP, classification_loss, load_baseline  # noqa: E402
 from common.svd import svd  # noqa: E402
 from common.train import best_weights, load_checkpoint  # noqa: E402
-from common.utils import (ArgumentParser, pick_device, positive_int, resolve_dirs, run_cli,  # noqa: E402
-                          save_json, seed_everything)
+from common.utils import (ArgumentParser, nonnegative_int, pick_device, positive_int,  # noqa: E402
+                          resolve_dirs, run_cli, save_json, seed_everything)
 
 METHODS = ["plain", "exact", "lowrank", "tracker", "no_oversampling"]
 
@@ -52,9 +52,10 @@ def get_args(argv=None):
     p.add_argument("--rounds", type=positive_int, default=15, help="timed steps of every method")
     p.add_argument("--warmup", type=positive_int, default=2, help="untimed steps of every method first")
     p.add_argument("--check-steps", type=positive_int, default=None,
-                   help="training steps of the error check (default: P3's --refresh-every minus 1, so no exact refresh)")
-    p.add_argument("--check-every", type=positive_int, default=10, help="compare with the exact SVD every this many steps")
-    p.add_argument("--seed", type=int, default=0, help="baseline seed, batches and dropout masks")
+                   help="training steps of the error check (default: P3's --refresh-every - 1: no exact refresh)")
+    p.add_argument("--check-every", type=positive_int, default=10,
+                   help="compare with the exact SVD every this many steps")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="baseline seed, batches and dropout masks")
     p.add_argument("--out", type=Path, default=None,
                    help="where benchmark.json goes (default: results/p3, or runs/dry-run/p3 with --dry-run)")
     p.add_argument("--ckpt-dir", type=Path, default=None,
