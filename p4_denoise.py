@@ -7,6 +7,11 @@ the recovered speech is the inverse STFT of M_hat (.) X. A fully-connected net t
 time is the homework's baseline; the noisy input and the oracle IBM (built from the true sources) bound
 the scale. Score: SNR = 10 log10(sum s^2 / sum (s - s_hat)^2) per `v` file, averaged.
 
+Both models get the same features (standardised log |X|), loss and data: binary cross-entropy against the
+IBM with each bin weighted by |X| (the loud bins are the ones the SNR counts), on windows of the training
+files remixed every epoch (each speech window with a random noise window at a random SNR, half of them
+band-limited; see `mixture`). Validation and test run the recurrence over whole files.
+
     python p4_denoise.py                          # data + GRU + FC baseline + references + te output + figures
     python p4_denoise.py --dry-run                # a handful of files, one epoch each, in seconds
     python p4_denoise.py denoise IN.wav OUT.wav   # denoise any recording with results/p4/denoiser.pt
@@ -65,14 +70,14 @@ def get_args(argv=None):
     p.add_argument("--dropout", type=fraction, default=0.1, help="dropout on the GRU's input and output")
     p.add_argument("--fc-hidden", type=positive_int, default=512, help="width of the FC baseline's hidden layers")
     p.add_argument("--fc-layers", type=positive_int, default=2, help="hidden layers of the FC baseline")
-    p.add_argument("--epochs", type=positive_int, default=30, help="GRU training epochs")
-    p.add_argument("--fc-epochs", type=positive_int, default=30, help="FC baseline training epochs")
+    p.add_argument("--epochs", type=positive_int, default=20, help="GRU training epochs")
+    p.add_argument("--fc-epochs", type=positive_int, default=20, help="FC baseline training epochs")
     p.add_argument("--loss-power", type=fraction, default=1.0,
                    help="weight each bin's BCE by |X|^power (1: loud bins count more, as in the SNR; 0: plain BCE)")
     p.add_argument("--remix", action=argparse.BooleanOptionalAction, default=True,
                    help="train on new mixtures every epoch: each speech window with a random noise window of the "
                         "batch at a random SNR in [-5, 5] dB (--no-remix: the given mixtures only)")
-    p.add_argument("--crop", type=positive_int, default=48,
+    p.add_argument("--crop", type=positive_int, default=96,
                    help="training files are cut into windows of this many frames (validation uses whole files)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per mini-batch")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
