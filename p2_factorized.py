@@ -149,6 +149,7 @@ def main(argv=None):
         run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
                "initial_val_acc": acc(initial, val_set), "test_acc": acc(model),
                "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+               "train_seconds": sum(h["train_seconds"] for h in history),  # kept when a finished run is reused
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
         if is_main():

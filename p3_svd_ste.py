@@ -285,6 +285,7 @@ def main(argv=None):
                "tracking_distance_max": max(max(r["tracking_distance"]) for r in history),
                "singular_values_before": [S[:4 * args.rank].tolist() for S in start],  # the largest 4 * rank
                "singular_values": [S[:4 * args.rank].tolist() for _, S, _ in factors],
+               "train_seconds": sum(h["train_seconds"] for h in history),  # kept when a finished run is reused
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
         if is_main():
