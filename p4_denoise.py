@@ -70,8 +70,8 @@ def get_args(argv=None):
     p.add_argument("--dropout", type=fraction, default=0.1, help="dropout on the GRU's input and output")
     p.add_argument("--fc-hidden", type=positive_int, default=512, help="width of the FC baseline's hidden layers")
     p.add_argument("--fc-layers", type=positive_int, default=2, help="hidden layers of the FC baseline")
-    p.add_argument("--epochs", type=positive_int, default=20, help="GRU training epochs")
-    p.add_argument("--fc-epochs", type=positive_int, default=20, help="FC baseline training epochs")
+    p.add_argument("--epochs", type=positive_int, default=15, help="GRU training epochs")
+    p.add_argument("--fc-epochs", type=positive_int, default=15, help="FC baseline training epochs")
     p.add_argument("--loss-power", type=fraction, default=1.0,
                    help="weight each bin's BCE by |X|^power (1: loud bins count more, as in the SNR; 0: plain BCE)")
     p.add_argument("--remix", action=argparse.BooleanOptionalAction, default=True,
