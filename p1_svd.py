@@ -23,7 +23,7 @@ from common.plot import plt, save_figure
 from common.svd import LowRankLinear, low_rank_cost, svd, truncate
 from common.train import evaluate, fit, init_distributed, is_main, load_finished
 from common.utils import (ArgumentParser, add_common_args, mean_std, pick_device, positive_float,
-                          positive_int, resolve_dirs, run_cli, save_json, seed_everything, fraction)
+                          positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything, fraction)
 
 RANKS = ["10", "20", "50", "100", "200", "full"]
 
@@ -181,7 +181,7 @@ def main(argv=None):
                "ranks": table, "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
                "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
     save_json(args.out / "metrics.json", metrics)
-    save_json(args.out / "config.json", {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()})
+    save_config(args.out / "config.json", args)
     make_figures(metrics, args.out)
     print(f"[p1] baseline test acc {metrics['baseline_test_acc']['mean']:.4f} "
           f"+- {metrics['baseline_test_acc']['std']:.4f}; wrote {args.out}/metrics.json")

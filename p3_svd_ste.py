@@ -31,7 +31,7 @@ from common.plot import plt, save_figure
 from common.svd import svd
 from common.train import evaluate, fit, init_distributed, is_main, load_finished
 from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_json,
+                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
                           seed_everything)
 
 
@@ -307,7 +307,7 @@ def main(argv=None):
         "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
         "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
     save_json(args.out / "metrics.json", metrics)
-    save_json(args.out / "config.json", {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()})
+    save_config(args.out / "config.json", args)
     make_figures(metrics, args.out)
     a = metrics["test_acc"]
     print(f"[p3] rank-{args.rank} network, {metrics['params']:,} parameters: test acc {a['mean']:.4f} "

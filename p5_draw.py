@@ -32,7 +32,7 @@ from common.mnist_mlp import load_baseline
 from common.plot import plt, save_figure
 from common.train import evaluate, fit, init_distributed, is_main, load_finished
 from common.utils import (ArgumentParser, UserError, add_common_args, atomic_path, fraction, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_json,
+                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
                           seed_everything)
 
 PATCH = 7      # patches are PATCH x PATCH pixels
@@ -307,8 +307,7 @@ def main(argv=None):
         "seconds": {"train": seconds_train, "draw_and_references": seconds_draw},
         "wall_seconds": time.time() - t_start}
     save_json(args.out / "metrics.json", metrics)
-    run_config = {k: str(v) if k in ("out", "ckpt_dir") else v for k, v in vars(args).items()}
-    save_json(args.out / "config.json", {**run_config, "classifier_config": classifier_config})
+    save_config(args.out / "config.json", args, classifier_config=classifier_config)
     make_figures({k: from_patches(v[examples]).cpu() for k, v in [("original", test)] + list(completed.items())},
                  changed[examples].cpu(), drawing["examples"], history, tf_test_per_patch.cpu(), args.per_class,
                  args.out)

@@ -5,7 +5,6 @@ start from it and P5 uses it to check that drawn digits keep their class.
 """
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

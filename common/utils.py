@@ -73,11 +73,10 @@ def add_common_args(parser, out):
 
 def resolve_dirs(args, name):
     """Fill in --out and --ckpt-dir; a dry run never touches the committed results or real checkpoints."""
-    base = ROOT / "runs" / "dry-run" if args.dry_run else ROOT
     if args.out is None:
-        args.out = base / name if args.dry_run else ROOT / "results" / name
+        args.out = ROOT / ("runs/dry-run" if args.dry_run else "results") / name
     if args.ckpt_dir is None:
-        args.ckpt_dir = base / "checkpoints"
+        args.ckpt_dir = ROOT / ("runs/dry-run/checkpoints" if args.dry_run else "checkpoints")
     for d in (args.out, args.ckpt_dir):
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -130,6 +129,16 @@ def atomic_path(path):
 def save_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_config(path, args, **extra):
+    """The run's flags (and `extra`) as JSON; paths inside the repo are written relative to it."""
+    def plain(v):
+        if isinstance(v, Path):
+            v = v.resolve()
+            return str(v.relative_to(ROOT)) if v.is_relative_to(ROOT) else str(v)
+        return v
+    save_json(path, {**{k: plain(v) for k, v in vars(args).items()}, **extra})
 
 
 def mean_std(values):
