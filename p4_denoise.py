@@ -795,7 +795,8 @@ def make_figures(metrics, v, ours, out):
                 label=f"{labels[kind]}: {snr[kind]['mean']:.2f} +- {snr[kind]['std']:.2f} dB")
     ax.set(xlabel="SNR of the recovered speech (dB)", ylabel="files",
            title=f"P4: SNR over the {len(v)} v files (mean +- std)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(top=1.4 * ax.get_ylim()[1])  # room for the legend
+    ax.legend(fontsize=8, ncol=2, loc="upper center")
     ax.grid(alpha=0.3)
     save_figure(fig, out / "snr_histogram.png")
 
