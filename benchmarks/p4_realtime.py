@@ -23,7 +23,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import p4_denoise as p4  # noqa: E402
-from common.utils import ROOT, ArgumentParser, UserError, positive_float, positive_int, run_cli, save_json  # noqa: E402
+from common.utils import ROOT, ArgumentParser, positive_float, positive_int, run_cli, save_json  # noqa: E402
 
 GOAL = 0.01
 
