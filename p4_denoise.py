@@ -79,7 +79,10 @@ def get_args(argv=None):
                         "batch at a random SNR in [-5, 5] dB (--no-remix: the given mixtures only)")
     p.add_argument("--crop", type=positive_int, default=96,
                    help="training files are cut into windows of this many frames (validation uses whole files)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per mini-batch")
+    p.add_argument("--fc-crop", type=positive_int, default=48,
+                   help="the FC baseline's windows: it sees frames one by one, so this only sets the frames per "
+                        "step; 48 gives it the optimizer steps it needs (with 96 it ends about 0.3 dB lower)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
     p.add_argument("--weight-decay", type=fraction, default=0.01, help="AdamW weight decay")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed of both models")
@@ -379,10 +382,10 @@ def score(model, files, power=1.0, batch_size=32):
 
 def train_masker(kind, data, args, device, fingerprint):
     """Train (or reuse) the GRU or the FC baseline on `tr`, keeping the epoch with the best `v` SNR."""
-    hidden, layers, epochs = ((args.hidden, args.layers, args.epochs) if kind == "gru"
-                              else (args.fc_hidden, args.fc_layers, args.fc_epochs))
+    hidden, layers, epochs, crop = ((args.hidden, args.layers, args.epochs, args.crop) if kind == "gru"
+                                    else (args.fc_hidden, args.fc_layers, args.fc_epochs, args.fc_crop))
     model_config = {"kind": kind, "hidden": hidden, "layers": layers, "dropout": args.dropout}
-    config = {**model_config, "epochs": epochs, "loss_power": args.loss_power, "remix": args.remix, "crop": args.crop,
+    config = {**model_config, "epochs": epochs, "loss_power": args.loss_power, "remix": args.remix, "crop": crop,
               "batch_size": args.batch_size, "lr": args.lr,
               "weight_decay": args.weight_decay, "seed": args.seed, "data": fingerprint}
     path = args.ckpt_dir / f"p4_{kind}.pt"
@@ -399,7 +402,7 @@ def train_masker(kind, data, args, device, fingerprint):
     model.mean.copy_(log_mag.mean(0))
     model.std.copy_(log_mag.std(0))
     model.to(device)
-    train_set = Segments(data["tr"], args.crop)
+    train_set = Segments(data["tr"], crop)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = epochs * -(-len(train_set) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
