@@ -46,7 +46,8 @@ from torch import nn
 from common.plot import plt, save_figure
 from common.train import fit, init_distributed, is_main, load_checkpoint, load_finished, save_checkpoint
 from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, fraction, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_json, seed_everything)
+                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
+                          seed_everything, shown_path)
 
 RATE, N_FFT, HOP = 16000, 1024, 512
 BINS = N_FFT // 2 + 1  # 513
@@ -744,14 +745,14 @@ def main(argv=None):
         "history": {kind: history for kind, (_, _, history) in trained.items()},
         "loss_power": args.loss_power, "remix": args.remix,
         "v_snr_db_per_file": {k: x.round(3).tolist() for k, x in snr.items()},
-        "data": {"folder": str(data_dir), "files": {k: len(x) for k, x in data.items()}, "fingerprint": fingerprint,
+        "data": {"folder": shown_path(data_dir), "files": {k: len(x) for k, x in data.items()}, "fingerprint": fingerprint,
                  "tr_frames": int(sum(len(f["S"]) for f in data["tr"]))},
         "examples": examples,
-        "te_output": {"folder": str(args.out / "te_denoised"), "zip": str(args.out / "te_denoised.zip"),
+        "te_output": {"folder": shown_path(args.out / "te_denoised"), "zip": shown_path(args.out / "te_denoised.zip"),
                       "files": len(data["te"])},
         "device": str(device), "threads": torch.get_num_threads(), "dry_run": args.dry_run,
     }
-    save_json(args.out / "config.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+    save_config(args.out / "config.json", args)
     t = time.time()
     make_figures(metrics, v, ours, args.out)
     seconds["figures"] = time.time() - t

@@ -23,7 +23,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import p4_denoise as p4  # noqa: E402
-from common.utils import ROOT, ArgumentParser, positive_float, positive_int, run_cli, save_json  # noqa: E402
+from common.utils import ROOT, ArgumentParser, shown_path, positive_float, positive_int, run_cli, save_json  # noqa: E402
 
 GOAL = 0.01
 
@@ -55,12 +55,13 @@ def timed(fn, repeats):
 
 def main(argv=None):
     args = get_args(argv)
+    t_start = time.time()
     if args.dry_run:
         args.seconds, args.repeats = min(args.seconds, 2.0), 1
     out = args.out or (ROOT / "runs" / "dry-run" / "p4" if args.dry_run else ROOT / "results" / "p4")
     torch.set_num_threads(1)  # one core, as the goal says
     if args.model.exists() or not args.dry_run:
-        model, source = p4.load_denoiser(args.model), str(args.model)
+        model, source = p4.load_denoiser(args.model), shown_path(args.model)
     else:
         model, source = p4.GRUMasker().eval(), "untrained GRUMasker() (dry run)"
 
@@ -119,7 +120,7 @@ def main(argv=None):
         "audio_seconds": args.seconds, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "model": source, "model_params": sum(p.numel() for p in model.parameters()),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "dry_run": args.dry_run,
+        "dry_run": args.dry_run, "wall_seconds": time.time() - t_start,
     }
     save_json(out / "benchmark.json", report)
     print(f"[p4 bench] denoise command (16 kHz wav, one thread): real-time factor {command['rtf_cpu']:.4f} (cpu), "

@@ -131,14 +131,15 @@ def save_json(path, obj):
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def shown_path(path):
+    """A path as results and configs record it: relative to the repo when inside it, so they hold on any machine."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def save_config(path, args, **extra):
-    """The run's flags (and `extra`) as JSON; paths inside the repo are written relative to it."""
-    def plain(v):
-        if isinstance(v, Path):
-            v = v.resolve()
-            return str(v.relative_to(ROOT)) if v.is_relative_to(ROOT) else str(v)
-        return v
-    save_json(path, {**{k: plain(v) for k, v in vars(args).items()}, **extra})
+    """The run's flags (and `extra`) as JSON, paths shown by `shown_path`."""
+    save_json(path, {**{k: shown_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **extra})
 
 
 def mean_std(values):
