@@ -44,6 +44,16 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Commands such as `p4_denoise.py denoise` set torch's thread count for the process; called in-process
+    by a test, that would leak into the next tests (and change their float rounding)."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def dry_p1(tmp_path_factory):
     """P1 --dry-run with one seed, in a temporary folder: (output folder, checkpoint folder)."""
