@@ -11,7 +11,6 @@ audio players embedded so the HTML works without the repo beside it.
 """
 import base64
 import json
-import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,7 +435,8 @@ def to_markdown(blocks):
 
 
 def data_uri(path):
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    # fixed, not mimetypes.guess_type: that reads the machine's /etc/mime.types (audio/x-wav on some)
+    mime = {".wav": "audio/wav", ".png": "image/png"}[path.suffix]
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
