@@ -22,12 +22,12 @@ from torch.utils.data import TensorDataset
 
 import p1_svd
 from common.data import load_mnist
-from common.mnist_mlp import MLP, classification_loss, classification_metrics, load_baseline
+from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, load_baseline
 from common.plot import plt, save_figure
 from common.svd import svd
-from common.train import evaluate, fit, init_distributed, is_main, load_finished
+from common.train import evaluate, init_distributed, is_main
 from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, pick_device,
-                          positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything)
+                          positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
 def get_args(argv=None):
@@ -103,27 +103,9 @@ def finetune(seed, data, args, device):
               "train_size": len(data["train"][0]), "baseline": base_config}
     path = args.ckpt_dir / f"p2_factorized_seed{seed}.pt"
     model = factorize(baseline, factors, args.rank, args.dropout)
-    done = load_finished(path, config)
-    if done is not None:
-        model.load_state_dict(done["best_model"])
-        if is_main():
-            print(f"[p2] reusing the finished fine-tune {path}")
-        return model.eval(), done["history"], initial, baseline
-
-    seed_everything(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    val_set = TensorDataset(*data["val"])
-
-    def validate(m):
-        return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
-
-    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
-                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
-                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
-                  desc=f"p2 seed {seed}", quiet=args.quiet)
-    return model.eval(), history, initial, baseline
+    history = finetune_classifier(model, data, args, seed=seed, path=path, config=config, device=device,
+                                  desc=f"p2 seed {seed}")
+    return model, history, initial, baseline
 
 
 # ----------------------------------------------------------------------------- main

@@ -26,13 +26,12 @@ from torch.utils.data import TensorDataset
 
 import p1_svd
 from common.data import load_mnist
-from common.mnist_mlp import MLP, classification_loss, classification_metrics, load_baseline
+from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, load_baseline
 from common.plot import plt, save_figure
 from common.svd import svd
-from common.train import evaluate, fit, init_distributed, is_main, load_finished
+from common.train import evaluate, init_distributed, is_main
 from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
-                          seed_everything)
+                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
 def get_args(argv=None):
@@ -228,17 +227,6 @@ def train(seed, data, args, device):
               "version": 2}  # bump when what a run records changes, so older checkpoints are not reused
     path = args.ckpt_dir / f"p3_ste_seed{seed}.pt"
     model = ste_network(baseline, args.rank, args.oversample, args.refresh_every, args.dropout, factors)
-    done = load_finished(path, config)
-    if done is not None:
-        model.load_state_dict(done["best_model"])
-        if is_main():
-            print(f"[p3] reusing the finished run {path}")
-        return model.eval(), done["history"], baseline, initial
-
-    seed_everything(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     val_set = TensorDataset(*data["val"])
 
     def validate(m):
@@ -248,11 +236,9 @@ def train(seed, data, args, device):
         record["tracking_error_ratio"], record["tracking_distance"] = tracking_errors(m, factors)
         return record
 
-    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
-                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
-                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
-                  desc=f"p3 seed {seed}", quiet=args.quiet)
-    return model.eval(), history, baseline, initial
+    history = finetune_classifier(model, data, args, seed=seed, path=path, config=config, device=device,
+                                  desc=f"p3 seed {seed}", validate=validate)
+    return model, history, baseline, initial
 
 
 # ----------------------------------------------------------------------------- main
