@@ -33,7 +33,7 @@ from common.plot import plt, save_figure
 from common.train import evaluate, fit, init_distributed, is_main, load_finished
 from common.utils import (ArgumentParser, UserError, add_common_args, atomic_path, fraction, nonnegative_int,
                           pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
-                          seed_everything)
+                          seed_everything, seed_int)
 
 PATCH = 7      # patches are PATCH x PATCH pixels
 N_GIVEN = 8    # the top half: two rows of patches (image rows 0..13)
@@ -41,7 +41,7 @@ N_GIVEN = 8    # the top half: two rows of patches (image rows 0..13)
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the LSTM's initialisation and batches")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the LSTM's initialisation and batches")
     p.add_argument("--hidden", type=positive_int, default=64, help="LSTM units per layer")
     p.add_argument("--layers", type=positive_int, default=2, help="stacked LSTM layers")
     p.add_argument("--epochs", type=positive_int, default=30,
@@ -54,7 +54,7 @@ def get_args(argv=None):
     p.add_argument("--clip-grad", type=fraction, default=1.0, help="clip the gradient norm to this (0: no clipping)")
     p.add_argument("--per-class", type=positive_int, default=10,
                    help="test images drawn per digit class for the figures (a row per class)")
-    p.add_argument("--examples-seed", type=nonnegative_int, default=0,
+    p.add_argument("--examples-seed", type=seed_int, default=0,
                    help="seed that picks the test images of the figures")
     p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="CPU threads for training (0: torch's default); a 64-unit LSTM runs fastest on one")

@@ -11,6 +11,7 @@ a DistributedSampler; on a single process that sampler has one replica, so both 
 global batches in the same order.
 """
 import copy
+import hashlib
 import math
 import os
 import signal
@@ -61,12 +62,35 @@ def unwrap(model):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def tensor_digest(obj):
+    """SHA-256 of every tensor in a nested dict/list (names, dtypes, shapes and bytes), in a fixed order."""
+    h = hashlib.sha256()
+
+    def feed(x, name):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-d tensor cannot be viewed as bytes
+            h.update(f"{name}:{x.dtype}:{tuple(x.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                feed(x[k], f"{name}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                feed(v, f"{name}/{i}")
+
+    feed(obj, "")
+    return h.hexdigest()
+
+
 def save_checkpoint(path, **state):
-    """torch.save to a temporary file, then os.replace: an interrupted write never leaves half a file."""
+    """torch.save to a temporary file, then os.replace: an interrupted write never leaves half a file.
+
+    The file carries the SHA-256 of its tensors (`digest`), which `load_checkpoint` verifies.
+    """
     if not is_main():
         return
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, "digest": tensor_digest(state)}, tmp)
 
 
 def load_checkpoint(path, config=None):
@@ -81,6 +105,18 @@ def load_checkpoint(path, config=None):
         raise UserError(f"{path} is not a readable checkpoint ({reason}); delete it and run again")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not a checkpoint written by this project; delete it and run again")
+    digest = ckpt.pop("digest", None)
+    if digest is None:
+        raise UserError(f"{path} carries no digest of its tensors (an older version of this project wrote it); "
+                        f"delete it and run again")
+    if tensor_digest(ckpt) != digest:
+        raise UserError(f"{path} is damaged: its tensors do not match the digest saved with them; "
+                        f"delete it and run again")
+    for key in ("model", "best_model"):
+        weights = ckpt.get(key)
+        if isinstance(weights, dict) and not all(torch.isfinite(t).all() for t in weights.values()
+                                                 if torch.is_tensor(t) and t.is_floating_point()):
+            raise UserError(f"{path} holds non-finite weights (NaN or infinity) in {key!r}; it cannot be used")
     if config is not None and ckpt.get("config") != config:
         raise UserError(f"{path} was written for config {describe_diff(ckpt.get('config'), config)}; "
                         f"delete it or run with the matching settings")

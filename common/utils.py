@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -22,8 +23,26 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Stopped(UserError):
+    """SIGINT or SIGTERM outside a training loop (which checkpoints and raises its own Interrupted instead)."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; nothing half-written was left behind")
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def run_cli(main):
-    """Run `main()` and turn a UserError into `error: ...` on stderr and exit code 2, never a traceback."""
+    """Run `main()` and turn a UserError into `error: ...` on stderr and exit code 2, never a traceback.
+
+    SIGINT and SIGTERM end the program the same way, with the shell's codes 130 and 143: they raise an exception,
+    so every file being written to a temporary name is removed on the way out (see `atomic_path`).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stopped)
     try:
         main()
     except UserError as e:
@@ -41,22 +60,33 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def _number(kind, low, name):
+def _number(kind, low, name, high=None):
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
-        if not value >= low:  # also rejects nan
+        # `not >=` also rejects nan; inf is never a sensible size, rate or count
+        if not value >= low or (high is not None and not value <= high) or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
         return value
     return parse
 
 
+def bounded_int(low, high):
+    return _number(int, low, f"an integer from {low} to {high}", high)
+
+
+def bounded_float(low, high):
+    return _number(float, low, f"a number from {low:g} to {high:g}", high)
+
+
 positive_int = _number(int, 1, "an integer >= 1")
 nonnegative_int = _number(int, 0, "an integer >= 0")
 positive_float = _number(float, 1e-300, "a number > 0")
-fraction = _number(float, 0.0, "a number >= 0")
+nonnegative_float = _number(float, 0.0, "a number >= 0")
+fraction = nonnegative_float  # the old name, until every script uses nonnegative_float
+seed_int = _number(int, 0, f"a seed from 0 to {2**32 - 1}", 2**32 - 1)  # numpy's seeds are 32-bit
 
 
 def add_common_args(parser, out):
@@ -101,6 +131,8 @@ def pick_device(name=None):
 
 def seed_everything(seed):
     """Seed Python, NumPy and torch (CPU and every GPU) so that a run is repeatable."""
+    if not 0 <= seed < 2**32:
+        raise UserError(f"seed {seed} is out of range: seeds go from 0 to {2**32 - 1} (NumPy's are 32-bit)")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -1,0 +1,258 @@
+"""Sound for Problem 4: the homework's STFT and its inverse (one implementation, streaming), and sound files
+read and written with every sample checked.
+
+The STFT is the homework's: a 1024-point periodic Hann window, hop 512, frames centred on multiples of the hop
+(512 zeros before the first sample), i.e. `librosa.stft(x, n_fft=1024, hop_length=512, window="hann")`.
+One difference, on purpose: the signal is also padded with zeros up to a whole number of hops, so every
+sample lies under two windows. Without it, the inverse STFT divides the last partial hop by the tail of one
+squared window (down to 1e-10): exact for an unchanged STFT, a loud click at the end of a masked one.
+`STFT` and `ISTFT` work one block at a time with bounded memory; `stft` and `istft` are the same classes
+applied to a whole signal, so training, evaluation and the `denoise` command share one code path
+(tests/test_p4.py checks it against librosa, the homework's reference).
+"""
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .utils import UserError, atomic_path
+
+RATE, N_FFT, HOP = 16000, 1024, 512
+BINS = N_FFT // 2 + 1  # 513 frequency bins, 0 .. 8 kHz in steps of 15.625 Hz
+FORMATS = {".wav": "WAV", ".flac": "FLAC"}  # what `AudioWriter` writes (16-bit PCM)
+MIN_RATE, MAX_RATE = 4_000, 384_000  # sample rates a speech recording can plausibly have
+MAX_CHANNELS = 64
+
+
+def hann():
+    """The periodic Hann window librosa uses (float32, 1024 points)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+
+
+class STFT:
+    """The STFT one block of samples at a time: frame t covers samples [512 t - 512, 512 t + 512), zero outside."""
+
+    def __init__(self):
+        self.window = hann()
+        self.buffer = np.zeros(HOP, np.float32)  # the centre padding before the first sample
+        self.pushed = 0
+
+    def push(self, x):
+        """Append samples (time,); return the frames (k, 513) complex64 that are now complete."""
+        self.pushed += len(x)
+        self.buffer = np.concatenate([self.buffer, np.asarray(x, np.float32)])
+        k = max(0, (len(self.buffer) - N_FFT) // HOP + 1)
+        if k == 0:
+            return np.zeros((0, BINS), np.complex64)
+        frames = np.lib.stride_tricks.sliding_window_view(self.buffer, N_FFT)[::HOP][:k]  # (k, 1024)
+        X = np.fft.rfft(frames * self.window, axis=1).astype(np.complex64)
+        self.buffer = self.buffer[k * HOP:]
+        return X
+
+    def finish(self):
+        """The last frames: zeros up to a whole number of hops, then the centre padding after the end."""
+        return self.push(np.zeros(-self.pushed % HOP + HOP, np.float32))
+
+
+class ISTFT:
+    """The inverse of `STFT`, one block of frames at a time: windowed overlap-add divided by the overlap-added
+    squared window (librosa's normalisation), without the 512 samples of centre padding. With a hop of half a
+    frame, output block j (512 samples) is the first half of frame j plus the second half of frame j - 1."""
+
+    def __init__(self):
+        self.window = hann()
+        self.carry = np.zeros(HOP, np.float32)  # second half of the last frame: not final until the next one
+        self.carry_norm = np.zeros(HOP, np.float32)
+        self.skip = HOP
+
+    def _emit(self, y, norm):
+        nonzero = norm > np.finfo(np.float32).tiny
+        y[nonzero] /= norm[nonzero]
+        y, self.skip = y[self.skip:], max(0, self.skip - len(y))
+        return y
+
+    def push(self, Y):
+        """Frames (k, 513) -> the samples that no later frame can change (k * 512, fewer at the start)."""
+        if len(Y) == 0:
+            return np.zeros(0, np.float32)
+        frames = np.fft.irfft(Y, n=N_FFT, axis=1).astype(np.float32) * self.window  # (k, 1024)
+        first, second = frames[:, :HOP], frames[:, HOP:]
+        w2 = self.window ** 2
+        y = first.copy()
+        y[0] += self.carry
+        y[1:] += second[:-1]
+        norm = np.tile(w2[:HOP], (len(Y), 1))
+        norm[0] += self.carry_norm
+        norm[1:] += w2[HOP:]
+        self.carry, self.carry_norm = second[-1].copy(), w2[HOP:].copy()
+        return self._emit(y.reshape(-1), norm.reshape(-1))
+
+    def finish(self):
+        """The second half of the last frame."""
+        y = self._emit(self.carry.copy(), self.carry_norm.copy())
+        self.carry[:], self.carry_norm[:] = 0, 0
+        return y
+
+
+def stft(x):
+    """The STFT (frames, 513) complex64 of a whole signal (time,): 1 + ceil(len / 512) frames."""
+    s = STFT()
+    return np.concatenate([s.push(x), s.finish()])
+
+
+def istft(X, length):
+    """The signal (length,) float32 whose `stft` is X (for a changed X: the least-squares one, as librosa)."""
+    s = ISTFT()
+    y = np.concatenate([s.push(X), s.finish()])
+    return y[:length]
+
+
+def snr_db(s, s_hat):
+    """10 log10(sum s^2 / sum (s - s_hat)^2), in float64: the homework's score."""
+    s, s_hat = np.asarray(s, np.float64), np.asarray(s_hat, np.float64)
+    return float(10 * np.log10(np.sum(s ** 2) / np.sum((s - s_hat) ** 2)))
+
+
+def si_sdr_db(s, s_hat):
+    """Scale-invariant SDR (Le Roux et al. 2019): the SNR after scaling s to its best fit to s_hat."""
+    s, s_hat = np.asarray(s, np.float64), np.asarray(s_hat, np.float64)
+    target = (s_hat @ s) / (s @ s) * s
+    return float(10 * np.log10(np.sum(target ** 2) / np.sum((s_hat - target) ** 2)))
+
+
+# ----------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def decoder_warnings_silenced():
+    """libsndfile's MP3 decoder writes warnings ("Xing stream size off ...") straight to file descriptor 2, around
+    Python; they would break the one-line errors, and the error we raise says what matters."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _reason(e):
+    text = str(e).strip()
+    return (text.splitlines()[-1] if text else type(e).__name__)[:100]
+
+
+class AudioReader:
+    """A sound file read block by block as float32 mono, every sample checked.
+
+    The header must give a plausible rate and channel count; each block must be finite and within [-1, 1]
+    up to `headroom` (float files can hold anything; a decoder can hand back uninitialised memory when a
+    compressed stream is cut); and the decoded length must be what the header promised: a stream that ends
+    early is an error naming the file, never a shorter or padded result. Channels are averaged.
+    """
+
+    def __init__(self, path, headroom=4.0):
+        self.path = path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{path} is a folder, not a sound file")
+        if not path.is_file():
+            raise UserError(f"{path} not found")
+        try:
+            with decoder_warnings_silenced():
+                self.file = sf.SoundFile(path)
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
+            raise UserError(f"{path} is not a readable sound file ({_reason(e)})")
+        self.rate, self.channels, self.frames = self.file.samplerate, self.file.channels, self.file.frames
+        self.headroom = headroom
+        self.read = 0
+        try:
+            if not MIN_RATE <= self.rate <= MAX_RATE:
+                raise UserError(f"{path} says it is sampled at {self.rate} Hz; a speech recording is sampled "
+                                f"at {MIN_RATE:,} to {MAX_RATE:,} Hz")
+            if not 1 <= self.channels <= MAX_CHANNELS:
+                raise UserError(f"{path} says it has {self.channels} channels (at most {MAX_CHANNELS} are read)")
+            if self.frames <= 0:
+                raise UserError(f"{path} holds no samples")
+        except UserError:
+            self.__exit__()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def blocks(self, size):
+        """Yield (time,) float32 blocks of at most `size` samples until the promised length is read."""
+        while self.read < self.frames:
+            try:
+                with decoder_warnings_silenced():
+                    x = self.file.read(min(size, self.frames - self.read), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
+                raise UserError(f"{self.path} could not be read to the end ({_reason(e)})")
+            if len(x) == 0:
+                raise UserError(f"{self.path} ends after {self.read:,} of the {self.frames:,} samples its header "
+                                f"promises (a cut or damaged file)")
+            if not np.isfinite(x).all():
+                t = self.read + int(np.flatnonzero(~np.isfinite(x).all(1))[0])
+                raise UserError(f"{self.path} holds a non-finite sample (NaN or infinity) at {t / self.rate:.3f} s")
+            peak = float(np.abs(x).max())
+            if peak > self.headroom:
+                raise UserError(f"{self.path} holds samples up to {peak:.3g} in size, far outside [-1, 1] "
+                                f"(a damaged file, or float samples on another scale)")
+            self.read += len(x)
+            yield x.mean(axis=1) if self.channels > 1 else x[:, 0]
+
+
+def read_audio(path, rate=None):
+    """The whole file as float32 mono (time,) and its sample rate; `rate`: the rate it must have."""
+    with AudioReader(path) as reader:
+        if rate is not None and reader.rate != rate:
+            raise UserError(f"{path} is sampled at {reader.rate} Hz; {rate} Hz is needed here")
+        x = np.concatenate(list(reader.blocks(1 << 20)))
+    return x, reader.rate
+
+
+class AudioWriter:
+    """A 16-bit mono sound file written block by block to a temporary name and moved into place when closed
+    without error; `clipped` counts the samples that had to be clipped to [-1, 1]."""
+
+    def __init__(self, path, rate):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in FORMATS:
+            raise UserError(f"cannot write {self.path}: the name must end in {' or '.join(FORMATS)}")
+        if self.path.is_dir():
+            raise UserError(f"cannot write {self.path}: it is a folder")
+        self.rate, self.clipped, self.written = rate, 0, 0
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        try:
+            self.file = self._stack.enter_context(
+                sf.SoundFile(tmp, "w", self.rate, 1, "PCM_16", format=FORMATS[self.path.suffix.lower()]))
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
+            error = UserError(f"cannot write {self.path} at {self.rate} Hz ({_reason(e)})")
+            self._stack.__exit__(UserError, error, None)  # removes the temporary file
+            raise error
+        return self
+
+    def write(self, y):
+        y = np.asarray(y, np.float32)
+        self.clipped += int((np.abs(y) > 1.0).sum())
+        self.file.write(np.clip(y, -1.0, 1.0))
+        self.written += len(y)
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)  # closes the file, then moves it into place (or removes it on error)
+
+
+def write_audio(path, y, rate=RATE):
+    """Write a whole signal (time,) as a 16-bit file, atomically."""
+    with AudioWriter(path, rate) as out:
+        out.write(y)
+
