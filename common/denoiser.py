@@ -106,12 +106,12 @@ class GRUMasker(nn.Module):
 class FCMasker(nn.Module):
     """The homework's baseline: a fully-connected net that masks each frame from that frame alone."""
 
-    def __init__(self, hidden=1024, layers=3, dropout=0.1):
+    def __init__(self, hidden=512, layers=2, dropout=0.1, layer_norm=False):
         super().__init__()
         self.log_spectrum = LogSpectrum()
         widths = [BINS] + [hidden] * layers
-        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b), nn.ReLU())
-                  for a, b in zip(widths, widths[1:])]
+        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
+                                nn.ReLU()) for a, b in zip(widths, widths[1:])]
         self.net = nn.Sequential(*blocks, nn.Dropout(dropout), nn.Linear(widths[-1], BINS))
 
     def forward(self, noisy_mag, state=None):

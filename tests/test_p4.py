@@ -413,7 +413,7 @@ def test_dry_run_end_to_end(tmp_path):
 def test_training_is_deterministic(tmp_path):
     data_dir = make_data(tmp_path / "hw3", {"tr": 10, "v": 4, "te": 1})
     tr, v = (p4.load_split(data_dir, split) for split in ("tr", "v"))
-    speech = [audio.stft(s) for s in p4.distinct_speech(tr)]
+    sentences = p4.distinct_speech(tr)
     stats = p4.log_spectrum_stats(tr)
     runs = []
     for name in ("a", "b"):
@@ -421,7 +421,7 @@ def test_training_is_deterministic(tmp_path):
                             "--quiet", "--ckpt-dir", str(tmp_path / name), "--out", str(tmp_path / name)])
         args.ckpt_dir.mkdir()
         noise = p4.NoisePool([audio.stft(f["n"]) for f in tr])
-        model, config, history = p4.train_masker("gru", args, speech, noise, stats, v, "test-data",
+        model, config, history = p4.train_masker("gru", args, sentences, noise, stats, v, "test-data",
                                                  torch.device("cpu"))
         runs.append(([{k: x for k, x in h.items() if k != "train_seconds"} for h in history], model.state_dict()))
     assert runs[0][0] == runs[1][0] and len(runs[0][0]) == 2
