@@ -93,7 +93,9 @@ def get_args(argv=None):
     p.add_argument("--loss-power", type=nonnegative_float, default=1.0,
                    help="weight each bin's BCE by |X|^power (1: loud bins count more, as in the SNR; 0: plain BCE)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
+    p.add_argument("--lr", type=positive_float, default=3e-3,
+                   help="the GRU's peak AdamW learning rate (one-cycle schedule)")
+    p.add_argument("--fc-lr", type=positive_float, default=3e-3, help="the FC's peak learning rate")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed of both models")
     p.add_argument("--ablation", action="store_true",
@@ -357,9 +359,12 @@ def validation_numbers(model, v, power):
 
 
 def recipe(kind, args):
-    """A model's training data and length: epochs, speeds, crop, repeats."""
-    epochs, crop = (args.epochs, args.crop) if kind == "gru" else (args.fc_epochs, args.fc_crop)
-    return {"epochs": epochs, "speeds": list(args.speeds), "crop": crop, "repeats": args.repeats}
+    """A model's training data, length and learning rate."""
+    if kind == "gru":
+        return {"epochs": args.epochs, "speeds": list(args.speeds), "crop": args.crop, "repeats": args.repeats,
+                "lr": args.lr}
+    return {"epochs": args.fc_epochs, "speeds": list(args.speeds), "crop": args.fc_crop, "repeats": args.repeats,
+            "lr": args.fc_lr}
 
 
 def train_masker(kind, args, sentences, noise, stats, v, fingerprint, device, name=None):
@@ -370,8 +375,7 @@ def train_masker(kind, args, sentences, noise, stats, v, fingerprint, device, na
     data = recipe(kind, args)
     speech = [stft(at_speed(s, speed)) for s in sentences for speed in data["speeds"]]  # each (frames, 513)
     config = {"model": model_config, **data, "band_fraction": args.band_fraction, "loss_power": args.loss_power,
-              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-              "data": fingerprint}
+              "batch_size": args.batch_size, "weight_decay": args.weight_decay, "seed": args.seed, "data": fingerprint}
     seed_everything(args.seed)
     model = build_masker(model_config)
     model.log_spectrum.mean.copy_(stats[0])
@@ -380,7 +384,7 @@ def train_masker(kind, args, sentences, noise, stats, v, fingerprint, device, na
     history = train_or_reuse(
         model.to(device), loss_fn, SpeechWindows(speech, data["crop"], data["repeats"]),
         validate=lambda m: validation_numbers(m, v, args.loss_power), monitor="val_snr", mode="max", warmup=0.1,
-        epochs=config["epochs"], batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=config["epochs"], batch_size=args.batch_size, lr=config["lr"], weight_decay=args.weight_decay,
         seed=args.seed, clip_grad=1.0, collate_fn=pad_batch, ckpt_path=args.ckpt_dir / f"p4_{name}.pt",
         config=config, resume=args.resume, device=device, desc=f"p4 {name}", quiet=args.quiet)
     return model.eval(), config, history
