@@ -45,9 +45,9 @@ from torch import nn
 
 from common.plot import plt, save_figure
 from common.train import fit, init_distributed, is_main, load_checkpoint, load_finished, save_checkpoint
-from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, fraction, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
-                          seed_everything, shown_path)
+from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, fraction, goal,
+                          nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config,
+                          save_json, seed_everything, shown_path)
 
 RATE, N_FFT, HOP = 16000, 1024, 512
 BINS = N_FFT // 2 + 1  # 513
@@ -731,8 +731,9 @@ def main(argv=None):
     metrics = {
         "v_snr_db": {k: spread(x) for k, x in snr.items()},
         "gru_minus_fc_db": {**spread(gain), "files_gru_better": int((gain > 0).sum()), "files": len(gain)},
-        "goals": {"gru_beats_fc": bool(gain.mean() > 0), "gru_at_least_11db": bool(snr["gru"].mean() >= 11.0),
-                  "gru_1db_above_fc": bool(gain.mean() >= 1.0)},
+        "required": {"gru_beats_fc": goal(snr["gru"].mean(), above=snr["fc"].mean())},
+        "goals": {"gru_snr_db": goal(snr["gru"].mean(), at_least=11.0),
+                  "gru_minus_fc_db": goal(gain.mean(), at_least=1.0)},
         "v_snr_db_binary_mask": {k: spread(x) for k, x in variants["binary_mask"].items()},
         "v_snr_db_gru_unpadded_istft": spread(variants["unpadded_istft"]),
         "v_snr_db_gru_input_via_44k": spread(variants["input_via_44k"]),
@@ -748,6 +749,8 @@ def main(argv=None):
         "data": {"folder": shown_path(data_dir), "files": {k: len(x) for k, x in data.items()}, "fingerprint": fingerprint,
                  "tr_frames": int(sum(len(f["S"]) for f in data["tr"]))},
         "examples": examples,
+        "figures": {name: f"{name}.png"
+                    for name in ("training_curves", "snr_histogram", "snr_by_noise", "spectrograms")},
         "te_output": {"folder": shown_path(args.out / "te_denoised"), "zip": shown_path(args.out / "te_denoised.zip"),
                       "files": len(data["te"])},
         "device": str(device), "threads": torch.get_num_threads(), "dry_run": args.dry_run,

@@ -6,8 +6,9 @@
 Every case runs side by side in one process on the same signal, with one thread: the streaming denoiser in
 memory (STFT + GRU + iSTFT, 1 s blocks and 0.1 s blocks), its three stages alone, and the whole command
 file to file, at 16 kHz mono and at 44.1 kHz stereo (resampled to 16 kHz and back). Each number is the
-median of --repeats runs, as wall time and as this process's CPU time (the CPU time is the steadier one
-on a shared machine: with one thread it cannot count time spent waiting for a core). Goal: <= 0.01.
+median of --repeats runs, as wall time and as this process's CPU time. Goal: <= 0.01 for the command on the
+16 kHz wav, judged on CPU time (the steadier one on a shared machine: with one thread it cannot count time spent
+waiting for a core; on an idle machine the two agree); `goals` in benchmark.json holds the verdict the report shows.
 The compute does not depend on what the audio says, so the signal is seeded noise with a speech-like level.
 """
 import platform
@@ -23,7 +24,8 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import p4_denoise as p4  # noqa: E402
-from common.utils import ROOT, ArgumentParser, shown_path, positive_float, positive_int, run_cli, save_json  # noqa: E402
+from common.utils import (ROOT, ArgumentParser, goal, positive_float, positive_int, run_cli, save_json,  # noqa: E402
+                          shown_path)
 
 GOAL = 0.01
 
@@ -111,11 +113,10 @@ def main(argv=None):
             print(f"[p4 bench] {name:30s} real-time factor {wall / args.seconds:.4f} (wall)  "
                   f"{cpu / args.seconds:.4f} (cpu)", flush=True)
 
-    command = results["file_16k_mono_wav"]
+    case = "file_16k_mono_wav"  # the command as the goal states it
+    command = results[case]
     report = {
-        "goal_rtf": GOAL,
-        "goal_met": command["rtf_cpu"] <= GOAL,
-        "goal_met_wall": command["rtf_wall"] <= GOAL,
+        "goals": {"rtf": goal(command["rtf_cpu"], at_most=GOAL, case=case, measure="rtf_cpu")},
         "cases": results,
         "audio_seconds": args.seconds, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "model": source, "model_params": sum(p.numel() for p in model.parameters()),
@@ -124,7 +125,7 @@ def main(argv=None):
     }
     save_json(out / "benchmark.json", report)
     print(f"[p4 bench] denoise command (16 kHz wav, one thread): real-time factor {command['rtf_cpu']:.4f} (cpu), "
-          f"{command['rtf_wall']:.4f} (wall); goal <= {GOAL}: {'met' if report['goal_met'] else 'NOT met'}; "
+          f"{command['rtf_wall']:.4f} (wall); goal <= {GOAL}: {'met' if report['goals']['rtf']['met'] else 'NOT met'}; "
           f"wrote {out / 'benchmark.json'}")
 
 
