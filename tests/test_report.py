@@ -77,21 +77,34 @@ def dry_results(dry_p1, tmp_path_factory):
     return results
 
 
-def test_report_builds_from_every_dry_run(dry_results, capsys):
+@pytest.fixture(scope="module")
+def dry_report(dry_results):
+    """make_report.py --dry-run on dry_results: (exit code, stderr, the report's folder)."""
+    out = dry_results / "report"
+    proc = run_script("make_report.py", "--dry-run", "--results", dry_results, "--out", out)
+    return proc.returncode, proc.stderr, out
+
+
+def test_report_builds_from_every_dry_run(dry_report):
     """The whole builder on today's keys of all five scripts and both benchmarks: a key a script renames, or a
     figure it stops writing, fails here."""
-    out = dry_results / "report"
-    code, err = run_main(make_report.main, ["--dry-run", "--results", dry_results, "--out", out], capsys)
+    code, err, out = dry_report
     assert code == 0, err
     markdown = (out / "report.md").read_text()
     for n in range(1, 6):
         assert f"## Problem {n}:" in markdown
     for path in re.findall(r"\]\(([^)]+\.(?:png|wav))\)", markdown):  # links resolve from the report's folder
         assert (out / path).is_file(), path
-    check_offline(out / "report.html", images=markdown.count("!["), audio=markdown.count(".wav)"))
     # without --dry-run, dry-run results are refused, naming the script to run
-    code, err = run_main(make_report.main, ["--results", dry_results, "--out", out], capsys)
-    assert code == 2 and "comes from a --dry-run" in err
+    proc = run_script("make_report.py", "--results", out.parent, "--out", out)
+    assert_clean_error(proc, "comes from a --dry-run", "python p1_svd.py")
+
+
+def test_dry_run_report_renders_offline(dry_report):
+    code, err, out = dry_report
+    assert code == 0, err
+    markdown = (out / "report.md").read_text()
+    check_offline(out / "report.html", images=markdown.count("!["), audio=markdown.count(".wav)"))
 
 
 # ----------------------------------------------------------------------------- broken results
