@@ -38,6 +38,9 @@ test-slow: install
 
 dry-run: install
 	for s in p1_svd p2_factorized p3_svd_ste p4_denoise p5_draw; do $(PY) $$s.py --dry-run || exit 1; done
+	$(PY) benchmarks/p3_svd_step.py --dry-run
+	$(PY) benchmarks/p4_realtime.py --dry-run
+	$(PY) make_report.py --dry-run
 
 clean-runs:
 	rm -rf runs

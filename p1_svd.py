@@ -22,7 +22,7 @@ from common.mnist_mlp import MLP, baseline_path, classification_loss, classifica
 from common.plot import plt, save_figure
 from common.svd import LowRankLinear, low_rank_cost, svd, truncate
 from common.train import evaluate, fit, init_distributed, is_main, load_finished
-from common.utils import (ArgumentParser, add_common_args, mean_std, pick_device, positive_float,
+from common.utils import (ArgumentParser, add_common_args, goal, mean_std, pick_device, positive_float,
                           positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything, fraction)
 
 RANKS = ["10", "20", "50", "100", "200", "full"]
@@ -180,6 +180,14 @@ def main(argv=None):
     metrics = {"baseline_test_acc": mean_std([run["baseline_test_acc"] for run in runs]),
                "ranks": table, "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
                "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    base = metrics["baseline_test_acc"]["mean"]
+    goals = {"baseline_test_acc": goal(base, at_least=0.986)}
+    if "20" in table:  # the rank P2 and P3 work at
+        goals["rank_20_test_acc"] = goal(table["20"]["test_acc"]["mean"], at_least=0.965, rank=20)
+    metrics.update(required={"baseline_test_acc": goal(base, above=0.98)}, goals=goals,
+                   train_size=len(data["train"][0]),
+                   figures={"accuracy_vs_rank": "accuracy_vs_rank.png", "params_vs_rank": "params_vs_rank.png",
+                            "singular_values": "singular_values.png"})
     save_json(args.out / "metrics.json", metrics)
     save_config(args.out / "config.json", args)
     make_figures(metrics, args.out)

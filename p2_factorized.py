@@ -26,7 +26,7 @@ from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, l
 from common.plot import plt, save_figure
 from common.svd import svd
 from common.train import evaluate, init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, pick_device,
+from common.utils import (ArgumentParser, add_common_args, fraction, goal, mean_std, pick_device,
                           positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
@@ -154,6 +154,10 @@ def main(argv=None):
                        "numbers per hidden layer",
         "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
         "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    acc, initial = metrics["test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
+    metrics.update(required={"test_acc": goal(acc, above=initial)},  # better than P1 at the same rank
+                   goals={"test_acc": goal(acc, at_least=0.982)},
+                   figures={"finetune_curve": "finetune_curve.png"})
     save_json(args.out / "metrics.json", metrics)
     save_config(args.out / "config.json", args)
     make_figures(metrics, args.out)

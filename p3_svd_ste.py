@@ -30,7 +30,7 @@ from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, l
 from common.plot import plt, save_figure
 from common.svd import svd
 from common.train import evaluate, init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, fraction, mean_std, nonnegative_int,
+from common.utils import (ArgumentParser, add_common_args, fraction, goal, mean_std, nonnegative_int,
                           pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
@@ -292,6 +292,12 @@ def main(argv=None):
         "tracking_distance_max": max(r["tracking_distance_max"] for r in runs),
         "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
         "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
+    acc = metrics["test_acc"]["mean"]
+    metrics.update(required={"test_acc": goal(acc, above=0.97),
+                             "tracking_error_ratio_max": goal(metrics["tracking_error_ratio_max"], at_most=1.01)},
+                   goals={"test_acc": goal(acc, at_least=0.982)},
+                   figures={"finetune_curve": "finetune_curve.png", "tracking_error": "tracking_error.png",
+                            "singular_values": "singular_values.png"})
     save_json(args.out / "metrics.json", metrics)
     save_config(args.out / "config.json", args)
     make_figures(metrics, args.out)

@@ -30,6 +30,7 @@ checkpoints/p4_{gru,fc}.pt (reused when finished with the same config).
 import argparse
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ from torch import nn
 from common.audio import BINS, RATE, read_audio, si_sdr_db, snr_db, stft, write_audio
 from common.denoiser import EPS, apply_mask, build_masker, denoise_main, predict_masks
 from common.train import init_distributed, is_main, save_checkpoint
-from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, nonnegative_float,
+from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, goal, nonnegative_float,
                           nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
                           save_config, save_json, seed_everything, seed_int, shown_path)
 
@@ -461,19 +462,20 @@ def example_indices(names, lengths, count=3):
 
 
 def write_examples(v, gru_outputs, te, te_folder, out):
-    """A few short examples for the report's players: noisy / denoised / clean for v, noisy / denoised for te."""
+    """A few short examples for the report's players: noisy / denoised / clean for v, noisy / denoised for te.
+    Returns {split: [{"file", "kind", "path" (relative to out)}]}."""
     written = {"v": [], "te": []}
     for i in example_indices([f["name"] for f in v], [len(f["x"]) for f in v]):
-        f, stem = v[i], out / "audio" / v[i]["name"].replace("vx", "v").removesuffix(".wav")
+        f, stem = v[i], v[i]["name"].replace("vx", "v").removesuffix(".wav")
         for kind, y in (("noisy", f["x"]), ("denoised", gru_outputs[i]), ("clean", f["s"])):
-            write_audio(f"{stem}_{kind}.wav", y)
-            written["v"].append(shown_path(Path(f"{stem}_{kind}.wav")))
+            write_audio(out / "audio" / f"{stem}_{kind}.wav", y)
+            written["v"].append({"file": f["name"], "kind": kind, "path": f"audio/{stem}_{kind}.wav"})
     lengths = [read_audio(f["path"])[0].shape[0] for f in te]
     for i in example_indices([f["name"] for f in te], lengths):
-        f, stem = te[i], out / "audio" / te[i]["name"].replace("tex", "te").removesuffix(".wav")
+        f, stem = te[i], te[i]["name"].replace("tex", "te").removesuffix(".wav")
         for kind, path in (("noisy", f["path"]), ("denoised", te_folder / f["name"])):
-            write_audio(f"{stem}_{kind}.wav", read_audio(path, RATE)[0])
-            written["te"].append(shown_path(Path(f"{stem}_{kind}.wav")))
+            write_audio(out / "audio" / f"{stem}_{kind}.wav", read_audio(path, RATE)[0])
+            written["te"].append({"file": f["name"], "kind": kind, "path": f"audio/{stem}_{kind}.wav"})
     return written
 
 
@@ -489,7 +491,7 @@ def make_figures(metrics, v, masks, outputs, out):
 
     def save(fig, name, **kw):
         save_figure(fig, out / name, **kw)
-        figures[name.removesuffix(".png")] = shown_path(out / name)
+        figures[name.removesuffix(".png")] = name  # relative to metrics.json, as make_report.py reads it
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for kind in ("gru", "fc"):
@@ -600,7 +602,7 @@ def run_ablation(args, sentences, noise, v, stats, fingerprint, device):
         variant = argparse.Namespace(**{**vars(args), **overrides})
         t = time.time()
         model, config, history = train_masker(kind, variant, sentences, noise, stats, v, fingerprint, device,
-                                              name=f"ablation_{name}")
+                                              name=None if name == kind else f"ablation_{name}")
         snr = [snr_db(f["s"], y) for f, y in zip(v, enhance(model, v)[1])]
         rows.append({"name": name, "what": what, "kind": kind, "overrides": {k: list(x) if isinstance(x, tuple) else x
                                                                              for k, x in overrides.items()},
@@ -608,8 +610,22 @@ def run_ablation(args, sentences, noise, v, stats, fingerprint, device):
                      "best_epoch": 1 + int(np.argmax([h["val_snr"] for h in history])), "epochs": len(history),
                      "seconds": time.time() - t})
         print(f"[p4 ablation] {name}: v SNR {rows[-1]['v_snr_db']['mean']:.2f} dB", flush=True)
-    save_json(args.out / "ablation.json", {"rows": rows, "seed": args.seed, "dry_run": args.dry_run,
-                                           "command": "python p4_denoise.py --ablation"})
+    save_json(args.out / "ablation.json", {"rows": rows, "seed": args.seed, "data": fingerprint,
+                                           "dry_run": args.dry_run, "command": "python p4_denoise.py --ablation"})
+
+
+def load_ablation(path, fingerprint, seed):
+    """ablation.json if an --ablation run wrote it for this data and seed (the main run reports it), else None."""
+    if not path.is_file():
+        return None
+    try:
+        ablation = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{shown_path(path)} is not readable ({type(e).__name__}); delete it or rerun "
+                        f"python p4_denoise.py --ablation")
+    if not isinstance(ablation, dict) or ablation.get("data") != fingerprint or ablation.get("seed") != seed:
+        return None
+    return ablation
 
 
 # ----------------------------------------------------------------------------- main
@@ -673,22 +689,22 @@ def main(argv=None):
                 "snr_db": {name: [float(x[j::10].mean()) for j in range(min(kinds, len(x)))]
                            for name, x in snr.items()},
                 "gru_minus_fc_db": [float(gain[j::10].mean()) for j in range(min(kinds, len(gain)))]}
-    goals = {"gru_snr_db": 9.5, "gru_minus_fc_db": 1.5, "fraction_of_files_gru_better": 0.75,
-             "gru_better_on_every_noise_type": True, "stoi_and_pesq_order": "gru > fc > noisy"}
     systems = {name: {metric: summarise(values) for metric, values in s.items()} for name, s in scores.items()}
-    order_ok = all(systems["gru"][m]["mean"] > systems["fc"][m]["mean"] > systems["noisy"][m]["mean"]
-                   for m in ("stoi", "pesq"))
+    mean = {name: {metric: stat["mean"] for metric, stat in system.items()} for name, system in systems.items()}
+    better_types = sum(g > 0 for g in by_noise["gru_minus_fc_db"])
     metrics = {
         "v": {"files": len(v), "systems": systems},
         "gru_minus_fc_db": {**spread(gain), "files_gru_better": int((gain > 0).sum()), "files": len(gain),
                             "fraction_gru_better": float((gain > 0).mean())},
         "by_noise": by_noise,
-        "goals": goals,
-        "bars": {"gru_snr_db": bool(snr["gru"].mean() >= goals["gru_snr_db"]),
-                 "gru_minus_fc_db": bool(gain.mean() >= goals["gru_minus_fc_db"]),
-                 "fraction_of_files_gru_better": bool((gain > 0).mean() >= goals["fraction_of_files_gru_better"]),
-                 "gru_better_on_every_noise_type": bool(min(by_noise["gru_minus_fc_db"]) > 0),
-                 "stoi_and_pesq_order": bool(order_ok)},
+        "required": {"gru_beats_fc": goal(mean["gru"]["snr_db"], above=mean["fc"]["snr_db"], unit="dB")},
+        "goals": {  # issue 10's bars
+            "gru_snr_db": goal(mean["gru"]["snr_db"], at_least=9.5, unit="dB"),
+            "gru_minus_fc_db": goal(gain.mean(), at_least=1.5, unit="dB", sem=spread(gain)["sem"]),
+            "fraction_of_files_gru_better": goal((gain > 0).mean(), at_least=0.75),
+            "noise_types_gru_better": goal(better_types, at_least=len(by_noise["gru_minus_fc_db"])),
+            **{f"{metric}_{a}_over_{b}": goal(mean[a][metric] - mean[b][metric], above=0.0)
+               for metric in ("stoi", "pesq") for a, b in (("gru", "fc"), ("fc", "noisy"))}},
         "models": {kind: {"config": config, "params": sum(p.numel() for p in model.parameters()),
                           "best_epoch": 1 + int(np.argmax([h["val_snr"] for h in history])),
                           "epochs_run": len(history), "train_seconds": sum(h["train_seconds"] for h in history)}
@@ -701,6 +717,7 @@ def main(argv=None):
                  "distinct_training_sentences": len(sentences), "noise_recordings": len(tr),
                  "fingerprint": fingerprint},
         "examples": examples,
+        "ablation": load_ablation(args.out / "ablation.json", fingerprint, args.seed),
         "te_output": {"folder": shown_path(te_folder), "zip": shown_path(args.out / "te_denoised.zip"),
                       "files": len(te), "command": f"python p4_denoise.py denoise {shown_path(data_dir / 'te')} "
                                                    f"--out-dir {shown_path(te_folder)}"},

@@ -179,3 +179,13 @@ def mean_std(values):
     t = torch.tensor(values, dtype=torch.float64)
     std = t.std().item() if len(values) > 1 else 0.0
     return {"mean": t.mean().item(), "std": std, "values": list(values)}
+
+
+def goal(measured, *, at_least=None, above=None, at_most=None, below=None, **about):
+    """A bar or goal as metrics.json records it: the value judged, its bound and the verdict, plus `about` (what
+    was measured, where). make_report.py shows these and recomputes nothing, so each verdict is defined once, here."""
+    (kind, bound), = [(k, v) for k, v in (("at_least", at_least), ("above", above), ("at_most", at_most),
+                                          ("below", below)) if v is not None]
+    met = {"at_least": measured >= bound, "above": measured > bound, "at_most": measured <= bound,
+           "below": measured < bound}[kind]
+    return {"measured": float(measured), kind: float(bound), "met": bool(met), **about}

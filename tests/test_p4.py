@@ -438,4 +438,5 @@ def test_benchmark_dry_run_times_the_right_work(tmp_path, model_file):
     assert report["check"]["max_abs_difference_streamed_vs_whole"] < 1e-5
     assert report["check"]["max_abs_difference_file_vs_whole"] <= 1 / 32768  # the 16-bit rounding
     command = report["cases"]["file_16k_mono_wav"]
-    assert report["goal_met"] == (command["rtf_cpu"] <= report["goal_rtf"])
+    rtf = report["goals"]["rtf"]
+    assert rtf["measured"] == command["rtf_cpu"] and rtf["met"] == (command["rtf_cpu"] <= rtf["at_most"])
