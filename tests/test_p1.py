@@ -4,7 +4,7 @@ import torch
 
 import p1_svd
 from common.mnist_mlp import MLP
-from common.svd import LowRankLinear, low_rank, svd, truncate
+from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
 from conftest import read_json
 
 
@@ -20,22 +20,22 @@ def real_count(module):
 
 def test_homework_parameter_counts():
     model = MLP()
-    assert p1_svd.cost(model, 0)[0] == sum(p.numel() for p in model.parameters()) == 5_012_490
-    assert p1_svd.cost(model, 20)[0] == 215_470
+    assert cost(model, 0)[0] == sum(p.numel() for p in model.parameters()) == 5_012_490
+    assert cost(model, 20)[0] == 215_470
 
 
 @pytest.mark.parametrize("rank", [1, 3, 5, 12, None])
 def test_parameter_formula_matches_module(rank):
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
-    assert p1_svd.cost(model, rank)[0] == real_count(p1_svd.compress(model, factors, rank))
+    assert cost(model, rank)[0] == real_count(compress(model, factors, rank))
 
 
 def test_full_rank_reproduces_baseline_logits():
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     x = torch.rand(32, 784, dtype=torch.float64)
-    full = p1_svd.compress(model, factors, None).double()
+    full = compress(model, factors, None).double()
     torch.testing.assert_close(full(x), model(x), rtol=1e-10, atol=1e-10)
 
 

@@ -197,7 +197,7 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
 
     # a finished checkpoint with the same config is reused, not retrained
     p5_draw.main(["--dry-run", "--out", str(tmp_path / "reused"), "--ckpt-dir", str(ckpt_with_baseline)])
-    assert "reusing the finished LSTM" in capsys.readouterr().out
+    assert "reusing the finished run" in capsys.readouterr().out
     assert read_json(tmp_path / "reused" / "metrics.json")["drawing"] == m["drawing"]
 
 
