@@ -24,14 +24,15 @@ from common.finetune import finetune_classifier, finetune_scores, plot_finetune_
 from common.mnist_mlp import MLP, load_baseline
 from common.svd import cost, svd
 from common.train import init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, dropout_rate, nonnegative_float, pick_device,
+from common.utils import (ArgumentParser, add_common_args, bounded_int, dropout_rate, nonnegative_float, pick_device,
                           positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
-    p.add_argument("--rank", type=positive_int, default=20, help="columns of U and V in every hidden layer")
+    p.add_argument("--rank", type=bounded_int(1, 784), default=20,
+                   help="columns of U and V in every hidden layer (at most 784, the rank of the first layer)")
     p.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs")
     p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
     p.add_argument("--lr", type=positive_float, default=1e-3,
@@ -41,8 +42,6 @@ def get_args(argv=None):
                    help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
     add_common_args(p, out="results/p2")
     args = p.parse_args(argv)
-    if args.rank > 784:
-        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
     if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
         args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args

@@ -30,7 +30,7 @@ from common.mnist_mlp import MLP, accuracy, classification_metrics, load_baselin
 from common.plot import plt, save_figure
 from common.svd import compress, cost, svd
 from common.train import evaluate, init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, dropout_rate, mean_std, nonnegative_float,
+from common.utils import (ArgumentParser, add_common_args, bounded_int, dropout_rate, mean_std, nonnegative_float,
                           nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
                           save_config, save_json)
 
@@ -38,7 +38,8 @@ from common.utils import (ArgumentParser, add_common_args, dropout_rate, mean_st
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
-    p.add_argument("--rank", type=positive_int, default=20, help="rank of the projection W_hat used in the forward pass")
+    p.add_argument("--rank", type=bounded_int(1, 784), default=20,
+                   help="rank of the projection W_hat used in the forward pass (at most 784, the first layer's rank)")
     p.add_argument("--oversample", type=nonnegative_int, default=10,
                    help="extra directions the subspace tracker carries beyond --rank")
     p.add_argument("--refresh-every", type=nonnegative_int, default=200,
@@ -51,8 +52,6 @@ def get_args(argv=None):
     p.add_argument("--dropout", type=dropout_rate, default=0.1, help="dropout after every hidden layer while training")
     add_common_args(p, out="results/p3")
     args = p.parse_args(argv)
-    if args.rank > 784:
-        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
     if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
         args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args
