@@ -1,5 +1,5 @@
 # make all   - install, run P1..P5 at full quality, rebuild the report (trained checkpoints are reused)
-# make test  - install, run the autograder (fast tests; `make test-slow` runs the training-heavy ones)
+# make test  - install, run the autograder (fast tests; `make test-slow` runs the training-heavy ones, tests/test_slow.py)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

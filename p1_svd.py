@@ -10,7 +10,8 @@ multiply-adds per image, and CPU latency computed the compressed way (x -> Vh x 
 
 Writes results/p1/{metrics.json, config.json, *.png} and checkpoints/p1_baseline_seed{N}.pt,
 which P2, P3 and P5 load. A baseline whose checkpoint is finished and whose config is unchanged is
-reused, not retrained.
+reused, not retrained. The rank-D network (`compress`) and its counts (`cost`) are in common/svd.py,
+since P2 and P3 start from them too.
 """
 import time
 
@@ -20,10 +21,10 @@ from torch.utils.data import TensorDataset
 from common.data import load_mnist
 from common.mnist_mlp import MLP, baseline_path, classification_loss, classification_metrics
 from common.plot import plt, save_figure
-from common.svd import LowRankLinear, low_rank_cost, svd, truncate
-from common.train import evaluate, fit, init_distributed, is_main, load_finished
-from common.utils import (ArgumentParser, add_common_args, goal, mean_std, pick_device, positive_float,
-                          positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything, fraction)
+from common.svd import compress, cost, svd
+from common.train import evaluate, init_distributed, is_main, train_or_reuse
+from common.utils import (ArgumentParser, goal, add_common_args, dropout_rate, mean_std, nonnegative_float, pick_device,
+                          positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything)
 
 RANKS = ["10", "20", "50", "100", "200", "full"]
 
@@ -42,16 +43,16 @@ def get_args(argv=None):
     p.add_argument("--epochs", type=positive_int, default=12, help="baseline training epochs")
     p.add_argument("--batch-size", type=positive_int, default=512, help="baseline mini-batch size")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate (one-cycle schedule)")
-    p.add_argument("--weight-decay", type=fraction, default=0.01, help="AdamW weight decay")
-    p.add_argument("--dropout", type=fraction, default=0.2, help="dropout after every hidden layer")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--dropout", type=dropout_rate, default=0.2, help="dropout after every hidden layer")
     p.add_argument("--ranks", nargs="+", type=rank_arg, default=RANKS, metavar="D",
                    help="ranks to evaluate: positive integers and/or 'full'")
     add_common_args(p, out="results/p1")
     args = p.parse_args(argv)
-    if args.dropout >= 1:
-        p.error(f"--dropout must be below 1, got {args.dropout}")
     if any(r != "full" and int(r) > 784 for r in args.ranks):
         p.error(f"--ranks must be at most 784 (the rank of the first layer) or 'full', got {' '.join(args.ranks)}")
+    if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args
 
 
@@ -62,53 +63,22 @@ def train_baseline(seed, data, args, device):
     config = {"width": 1024, "depth": 5, "dropout": args.dropout, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
               "seed": seed, "train_size": len(data["train"][0])}
-    path = baseline_path(args.ckpt_dir, seed)
+    seed_everything(seed)  # the initialisation and the dropout masks
     model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
-    done = load_finished(path, config)
-    if done is not None:
-        model.load_state_dict(done["best_model"])
-        if is_main():
-            print(f"[p1] reusing the finished baseline {path}")
-        return model.eval(), done["history"]
-
-    seed_everything(seed)
-    model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     val_set = TensorDataset(*data["val"])
 
     def validate(m):
         return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
 
-    history = fit(model, classification_loss, optimizer, TensorDataset(*data["train"]), epochs=args.epochs,
-                  batch_size=args.batch_size, seed=seed, validate=validate, monitor="val_acc", mode="max",
-                  scheduler=scheduler, ckpt_path=path, resume=args.resume, config=config, device=device,
-                  desc=f"p1 baseline seed {seed}", quiet=args.quiet)
-    return model.eval(), history
+    history = train_or_reuse(model, classification_loss, TensorDataset(*data["train"]), validate=validate,
+                             monitor="val_acc", mode="max", warmup=0.15, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=seed,
+                             ckpt_path=baseline_path(args.ckpt_dir, seed), config=config, resume=args.resume,
+                             device=device, desc=f"p1 baseline seed {seed}", quiet=args.quiet)
+    return model, history
 
 
-# ----------------------------------------------------------------------------- 2. SVD and rank-D networks
-
-def compress(model, factors, rank):
-    """A copy of `model` whose hidden layers are LowRankLinear at `rank` (None = full), from one SVD."""
-    net = MLP(model.head.in_features, len(model.hidden))
-    net.head.load_state_dict(model.head.state_dict())
-    for i, ((U, S, Vh), layer) in enumerate(zip(factors, model.hidden)):
-        net.hidden[i] = LowRankLinear(*truncate(U, S, Vh, rank), layer.bias)
-    return net.to(model.head.weight.device).eval()
-
-
-def cost(model, rank):
-    """(parameters, multiply-adds per image) of `model` with its hidden layers at `rank` (0 = dense)."""
-    head = model.head.weight.numel() + model.head.bias.numel()
-    if rank == 0:
-        hidden = [layer.weight for layer in model.hidden]
-        return (sum(w.numel() + w.shape[0] for w in hidden) + head,
-                sum(w.numel() for w in hidden) + model.head.weight.numel())
-    params, macs = low_rank_cost([tuple(layer.weight.shape) for layer in model.hidden], rank)
-    return params + head, macs + model.head.weight.numel()
-
+# ----------------------------------------------------------------------------- 2. latency of the rank-D networks
 
 @torch.no_grad()
 def latency_ms(model, batch, device, repeats):
@@ -134,10 +104,7 @@ def main(argv=None):
     args = get_args(argv)
     resolve_dirs(args, "p1")
     device = init_distributed(pick_device(args.device))
-    data = load_mnist()
-    if args.dry_run:  # a few batches, the real architecture and the real code path
-        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
-        args.epochs, args.seeds = 1, min(args.seeds, 2)
+    data = load_mnist(dry_run=args.dry_run)
     ranks = [None if r == "full" else int(r) for r in args.ranks]
     test_set = TensorDataset(*data["test"])
     t_start = time.time()

@@ -18,35 +18,32 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils.data import TensorDataset
 
-import p1_svd
 from common.data import load_mnist
-from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, load_baseline
-from common.plot import plt, save_figure
-from common.svd import svd
-from common.train import evaluate, init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, fraction, goal, mean_std, pick_device,
+from common.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
+from common.mnist_mlp import MLP, load_baseline
+from common.svd import cost, svd
+from common.train import init_distributed, is_main
+from common.utils import (ArgumentParser, goal, add_common_args, bounded_int, dropout_rate, nonnegative_float, pick_device,
                           positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
-    p.add_argument("--rank", type=positive_int, default=20, help="columns of U and V in every hidden layer")
+    p.add_argument("--rank", type=bounded_int(1, 784), default=20,
+                   help="columns of U and V in every hidden layer (at most 784, the rank of the first layer)")
     p.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs")
     p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
-    p.add_argument("--weight-decay", type=fraction, default=0.0, help="AdamW weight decay")
-    p.add_argument("--dropout", type=fraction, default=0.2,
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--dropout", type=dropout_rate, default=0.2,
                    help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
     add_common_args(p, out="results/p2")
     args = p.parse_args(argv)
-    if args.dropout >= 1:
-        p.error(f"--dropout must be below 1, got {args.dropout}")
-    if args.rank > 784:
-        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
+    if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args
 
 
@@ -114,24 +111,14 @@ def main(argv=None):
     args = get_args(argv)
     resolve_dirs(args, "p2")
     device = init_distributed(pick_device(args.device))
-    data = load_mnist()
-    if args.dry_run:  # a few batches, the real architecture and the real code path
-        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
-        args.epochs, args.seeds = 1, min(args.seeds, 2)
-    test_set, val_set = TensorDataset(*data["test"]), TensorDataset(*data["val"])
+    data = load_mnist(dry_run=args.dry_run)
     t_start = time.time()
-
-    def acc(model, dataset=test_set):
-        return evaluate(model, dataset, classification_metrics, device=device)["acc"]
 
     runs = []
     for seed in range(args.seeds):
         t0 = time.time()
         model, history, initial, baseline = finetune(seed, data, args, device)
-        run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
-               "initial_val_acc": acc(initial, val_set), "test_acc": acc(model),
-               "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
-               "train_seconds": sum(h["train_seconds"] for h in history),  # kept when a finished run is reused
+        run = {"seed": seed, **finetune_scores(baseline, initial, model, history, data, device),
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
         if is_main():
@@ -143,12 +130,10 @@ def main(argv=None):
     params = n_params(model)
     metrics = {
         "rank": args.rank,
-        "test_acc": mean_std([r["test_acc"] for r in runs]),
-        "initial_test_acc": mean_std([r["initial_test_acc"] for r in runs]),
-        "baseline_test_acc": mean_std([r["baseline_test_acc"] for r in runs]),
+        **summarize(runs),
         "params": params,
-        "params_p1": p1_svd.cost(baseline, args.rank)[0],
-        "params_dense": p1_svd.cost(baseline, 0)[0],
+        "params_p1": cost(baseline, args.rank)[0],
+        "params_dense": cost(baseline, 0)[0],
         "params_note": "params counts what the factorized network stores (S folded into V); params_p1 is P1's "
                        f"count of the same rank-{args.rank} network with S stored apart, {args.rank} more "
                        "numbers per hidden layer",
@@ -168,20 +153,8 @@ def main(argv=None):
 
 
 def make_figures(metrics, out):
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for run in metrics["seeds"]:
-        epochs = [0] + [r["epoch"] for r in run["history"]]
-        # epoch 0 is the network before fine-tuning, i.e. P1's rank-D network
-        acc = [100 * run["initial_val_acc"]] + [100 * r["val_acc"] for r in run["history"]]
-        ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
-    base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
-    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
-    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']}, test {100 * init:.2f}%")
-    ax.set(xlabel="fine-tuning epoch", ylabel="accuracy (%)",
-           title=f"P2: fine-tuning the rank-{metrics['rank']} factorized network")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "finetune_curve.png")
+    plot_finetune_curve(metrics, out / "finetune_curve.png", xlabel="fine-tuning epoch", ylabel="accuracy (%)",
+                        title=f"P2: fine-tuning the rank-{metrics['rank']} factorized network")
 
 
 if __name__ == "__main__":

@@ -24,20 +24,22 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-import p1_svd
 from common.data import load_mnist
-from common.mnist_mlp import MLP, classification_metrics, finetune_classifier, load_baseline
+from common.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
+from common.mnist_mlp import MLP, accuracy, classification_metrics, load_baseline
 from common.plot import plt, save_figure
-from common.svd import svd
+from common.svd import compress, cost, svd
 from common.train import evaluate, init_distributed, is_main
-from common.utils import (ArgumentParser, add_common_args, fraction, goal, mean_std, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json)
+from common.utils import (ArgumentParser, goal, add_common_args, bounded_int, dropout_rate, mean_std, nonnegative_float,
+                          nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
+                          save_config, save_json)
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
-    p.add_argument("--rank", type=positive_int, default=20, help="rank of the projection W_hat used in the forward pass")
+    p.add_argument("--rank", type=bounded_int(1, 784), default=20,
+                   help="rank of the projection W_hat used in the forward pass (at most 784, the first layer's rank)")
     p.add_argument("--oversample", type=nonnegative_int, default=10,
                    help="extra directions the subspace tracker carries beyond --rank")
     p.add_argument("--refresh-every", type=nonnegative_int, default=200,
@@ -46,14 +48,12 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
     p.add_argument("--lr", type=positive_float, default=5e-4,
                    help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
-    p.add_argument("--weight-decay", type=fraction, default=0.0, help="AdamW weight decay")
-    p.add_argument("--dropout", type=fraction, default=0.1, help="dropout after every hidden layer while training")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--dropout", type=dropout_rate, default=0.1, help="dropout after every hidden layer while training")
     add_common_args(p, out="results/p3")
     args = p.parse_args(argv)
-    if args.dropout >= 1:
-        p.error(f"--dropout must be below 1, got {args.dropout}")
-    if args.rank > 784:
-        p.error(f"--rank must be at most 784 (the rank of the first layer), got {args.rank}")
+    if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
+        args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args
 
 
@@ -182,7 +182,7 @@ def ste_network(baseline, rank, oversample=10, refresh_every=200, dropout=0.0, f
 def rank_network(model, rank):
     """(the rank-`rank` network from the exact SVD of each current W (P1's construction), the SVDs)."""
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
-    return p1_svd.compress(model, factors, rank), factors
+    return compress(model, factors, rank), factors
 
 
 @torch.no_grad()
@@ -247,15 +247,8 @@ def main(argv=None):
     args = get_args(argv)
     resolve_dirs(args, "p3")
     device = init_distributed(pick_device(args.device))
-    data = load_mnist()
-    if args.dry_run:  # a few batches, the real architecture and the real code path
-        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
-        args.epochs, args.seeds = 1, min(args.seeds, 2)
-    test_set, val_set = TensorDataset(*data["test"]), TensorDataset(*data["val"])
+    data = load_mnist(dry_run=args.dry_run)
     t_start = time.time()
-
-    def acc(model, dataset=test_set):
-        return evaluate(model, dataset, classification_metrics, device=device)["acc"]
 
     runs = []
     for seed in range(args.seeds):
@@ -263,15 +256,12 @@ def main(argv=None):
         model, history, baseline, initial = train(seed, data, args, device)
         final, factors = rank_network(model, args.rank)
         start = [torch.linalg.svdvals(layer.weight.detach()) for layer in baseline.hidden]
-        run = {"seed": seed, "baseline_test_acc": acc(baseline), "initial_test_acc": acc(initial),
-               "initial_val_acc": acc(initial, val_set), "test_acc": acc(final),
-               "dense_W_test_acc": acc(dense_network(model)),
-               "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+        run = {"seed": seed, **finetune_scores(baseline, initial, final, history, data, device),
+               "dense_W_test_acc": accuracy(dense_network(model), data["test"], device),
                "tracking_error_ratio_max": max(max(r["tracking_error_ratio"]) for r in history),
                "tracking_distance_max": max(max(r["tracking_distance"]) for r in history),
                "singular_values_before": [S[:4 * args.rank].tolist() for S in start],  # the largest 4 * rank
                "singular_values": [S[:4 * args.rank].tolist() for _, S, _ in factors],
-               "train_seconds": sum(h["train_seconds"] for h in history),  # kept when a finished run is reused
                "history": history, "seconds": time.time() - t0}
         runs.append(run)
         if is_main():
@@ -282,12 +272,10 @@ def main(argv=None):
         return
     metrics = {
         "rank": args.rank,
-        "test_acc": mean_std([r["test_acc"] for r in runs]),
-        "initial_test_acc": mean_std([r["initial_test_acc"] for r in runs]),
-        "baseline_test_acc": mean_std([r["baseline_test_acc"] for r in runs]),
+        **summarize(runs),
         "dense_W_test_acc": mean_std([r["dense_W_test_acc"] for r in runs]),
-        "params": p1_svd.cost(baseline, args.rank)[0],  # the rank-r network that is evaluated (S stored apart)
-        "params_dense": p1_svd.cost(baseline, 0)[0],
+        "params": cost(baseline, args.rank)[0],  # the rank-r network that is evaluated (S stored apart)
+        "params_dense": cost(baseline, 0)[0],
         "tracking_error_ratio_max": max(r["tracking_error_ratio_max"] for r in runs),
         "tracking_distance_max": max(r["tracking_distance_max"] for r in runs),
         "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
@@ -309,19 +297,9 @@ def main(argv=None):
 
 def make_figures(metrics, out):
     r = metrics["rank"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for run in metrics["seeds"]:
-        epochs = [0] + [h["epoch"] for h in run["history"]]
-        acc = [100 * run["initial_val_acc"]] + [100 * h["val_acc"] for h in run["history"]]
-        ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
-    base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
-    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
-    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {r}, test {100 * init:.2f}%")
-    ax.set(xlabel="epoch", ylabel="accuracy of the rank-%d network (%%)" % r,
-           title=f"P3: straight-through training through the rank-{r} SVD")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "finetune_curve.png")
+    plot_finetune_curve(metrics, out / "finetune_curve.png", xlabel="epoch",
+                        ylabel="accuracy of the rank-%d network (%%)" % r,
+                        title=f"P3: straight-through training through the rank-{r} SVD")
 
     run = metrics["seeds"][0]
     epochs = [h["epoch"] for h in run["history"]]

@@ -47,7 +47,7 @@ from torch import nn
 
 from common.audio import BINS, RATE, read_audio, si_sdr_db, snr_db, stft, write_audio
 from common.denoiser import EPS, apply_mask, build_masker, denoise_main, predict_masks
-from common.train import init_distributed, is_main, save_checkpoint
+from common.train import init_distributed, is_main, save_checkpoint, train_or_reuse
 from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, goal, nonnegative_float,
                           nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
                           save_config, save_json, seed_everything, seed_int, shown_path)
@@ -94,7 +94,7 @@ def get_args(argv=None):
     p.add_argument("--loss-power", type=nonnegative_float, default=1.0,
                    help="weight each bin's BCE by |X|^power (1: loud bins count more, as in the SNR; 0: plain BCE)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
-    p.add_argument("--lr", type=positive_float, default=3e-3,
+    p.add_argument("--lr", type=positive_float, default=5e-3,
                    help="the GRU's peak AdamW learning rate (one-cycle schedule)")
     p.add_argument("--fc-lr", type=positive_float, default=3e-3, help="the FC's peak learning rate")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
@@ -316,22 +316,6 @@ def log_spectrum_stats(files):
 
 
 # ----------------------------------------------------------------------------- 3. training
-
-def train_or_reuse(model, loss_fn, train_set, *, ckpt_path, config, epochs, batch_size, lr, weight_decay, seed,
-                   warmup, **fit_args):  # TEMPORARY until common's helper lands
-    from common.train import fit, load_finished
-    path = ckpt_path
-    done = load_finished(path, config)
-    if done is not None:
-        model.load_state_dict(done["best_model"])
-        print(f"[{fit_args.get('desc')}] reusing the finished run {path}")
-        return done["history"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * -(-len(train_set) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
-    return fit(model, loss_fn, optimizer, train_set, epochs=epochs, batch_size=batch_size, seed=seed,
-               scheduler=scheduler, ckpt_path=path, config=config, **fit_args)
-
 
 def masker_config(kind, args):
     """The model's own config (what `build_masker` and the `denoise` command need)."""

@@ -30,10 +30,10 @@ from torchvision.utils import make_grid, save_image
 from common.data import load_mnist
 from common.mnist_mlp import load_baseline
 from common.plot import plt, save_figure
-from common.train import evaluate, fit, init_distributed, is_main, load_finished
-from common.utils import (ArgumentParser, UserError, add_common_args, atomic_path, fraction, goal, nonnegative_int,
-                          pick_device, positive_float, positive_int, resolve_dirs, run_cli, save_config, save_json,
-                          seed_everything, seed_int)
+from common.train import evaluate, init_distributed, is_main, train_or_reuse
+from common.utils import (ArgumentParser, goal, UserError, add_common_args, atomic_path, nonnegative_float,
+                          nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
+                          save_config, save_json, seed_everything, seed_int)
 
 PATCH = 7      # patches are PATCH x PATCH pixels
 N_GIVEN = 8    # the top half: two rows of patches (image rows 0..13)
@@ -51,7 +51,8 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size")
     p.add_argument("--lr", type=positive_float, default=3e-3,
                    help="initial Adam learning rate (cosine decay to 0 over --epochs)")
-    p.add_argument("--clip-grad", type=fraction, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    p.add_argument("--clip-grad", type=nonnegative_float, default=1.0,
+                   help="clip the gradient norm to this (0: no clipping)")
     p.add_argument("--per-class", type=positive_int, default=10,
                    help="test images drawn per digit class for the figures (a row per class)")
     p.add_argument("--examples-seed", type=seed_int, default=0,
@@ -202,31 +203,21 @@ def train_lstm(data, args, device):
     config = {"hidden": args.hidden, "layers": args.layers, "epochs": args.epochs, "patience": args.patience,
               "batch_size": args.batch_size, "lr": args.lr, "clip_grad": args.clip_grad, "seed": args.seed,
               "train_size": len(data["train"][0]), "val_size": len(data["val"][0])}
-    path = args.ckpt_dir / f"p5_lstm_seed{args.seed}.pt"
-    model = PatchLSTM(args.hidden, args.layers).to(device)
-    done = load_finished(path, config)
-    if done is not None:
-        model.load_state_dict(done["best_model"])
-        if is_main():
-            print(f"[p5] reusing the finished LSTM {path}")
-        return model.eval(), done["history"], config
-
     seed_everything(args.seed)
     model = PatchLSTM(args.hidden, args.layers).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     val_set = TensorDataset(to_patches(data["val"][0]))
 
     def validate(m):
         return {"val_mse": evaluate(m, val_set, teacher_forced_metrics, device=device)["mse"]}
 
-    history = fit(model, teacher_forced_loss, optimizer, TensorDataset(to_patches(data["train"][0])),
-                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, validate=validate,
-                  monitor="val_mse", mode="min", patience=args.patience, scheduler=scheduler,
-                  clip_grad=args.clip_grad or None, ckpt_path=path, resume=args.resume, config=config,
-                  device=device, desc="p5 lstm", quiet=args.quiet)
-    return model.eval(), history, config
+    # Adam (AdamW without weight decay), no warm-up: the learning rate decays along a cosine from --lr to 0
+    history = train_or_reuse(model, teacher_forced_loss, TensorDataset(to_patches(data["train"][0])),
+                             validate=validate, monitor="val_mse", mode="min", patience=args.patience, warmup=0,
+                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.0,
+                             seed=args.seed, clip_grad=args.clip_grad or None,
+                             ckpt_path=args.ckpt_dir / f"p5_lstm_seed{args.seed}.pt", config=config,
+                             resume=args.resume, device=device, desc="p5 lstm", quiet=args.quiet)
+    return model, history, config
 
 
 @contextlib.contextmanager
@@ -251,9 +242,8 @@ def main(argv=None):
     device = init_distributed(pick_device(args.device))
     classifier, classifier_config = load_baseline(args.ckpt_dir, 0)  # first: fail before training, not after
     classifier = classifier.to(device)
-    data = load_mnist()
-    if args.dry_run:  # a few batches, the real model and the real code path
-        data = {k: (x[:n], y[:n]) for (k, (x, y)), n in zip(data.items(), (2048, 512, 1000))}
+    data = load_mnist(dry_run=args.dry_run)  # --dry-run: a few batches, the real model and code path
+    if args.dry_run:
         args.epochs = 1
     examples = pick_examples(data["test"][1], args.per_class, args.examples_seed)  # the figures' test images
     t_start = time.time()

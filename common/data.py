@@ -19,6 +19,7 @@ DATA_DIR = Path(os.environ.get("HW3_DATA", ROOT / "data"))
 MNIST_MIRROR = Path(os.environ.get("HW3_MNIST_MIRROR", ROOT.parent / "shared" / "data" / "mnist"))
 N_VAL = 10_000
 SPLIT_SEED = 1234  # fixed for every script and every training seed
+DRY_RUN_SIZES = {"train": 2048, "val": 512, "test": 1000}  # a few batches: the real code path in seconds
 
 
 def fetch_mnist(root=DATA_DIR, mirror=MNIST_MIRROR):
@@ -43,11 +44,17 @@ def fetch_mnist(root=DATA_DIR, mirror=MNIST_MIRROR):
     return train, test
 
 
-def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR):
-    """MNIST as tensors: {'train': (x, y), 'val': (x, y), 'test': (x, y)}, x float in [0, 1] (N, 28, 28)."""
+def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR, dry_run=False):
+    """MNIST as tensors: {'train': (x, y), 'val': (x, y), 'test': (x, y)}, x float in [0, 1] (N, 28, 28).
+
+    dry_run: only the first DRY_RUN_SIZES images of each split (what every script's --dry-run trains on).
+    """
     train, test = fetch_mnist(root, mirror)
     x = train.data.float() / 255
     y = train.targets
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
     tr, va = perm[N_VAL:], perm[:N_VAL]
-    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (test.data.float() / 255, test.targets)}
+    data = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (test.data.float() / 255, test.targets)}
+    if dry_run:
+        data = {k: tuple(t[:DRY_RUN_SIZES[k]] for t in split) for k, split in data.items()}
+    return data

@@ -1,10 +1,12 @@
-"""Truncated SVD of weight matrices, the rank-D layer that P1 evaluates, and parameter / MAC counts.
+"""Truncated SVD of weight matrices, P1's rank-D network (which P2 and P3 start from), and parameter / MAC counts.
 
 Conventions follow torch.linalg.svd: W = U diag(S) Vh, W of shape (out, in), U (out, k), S (k,), Vh (k, in),
 k = min(out, in). "Rank D" keeps the first D columns of U, entries of S and rows of Vh.
 """
 import torch
 import torch.nn as nn
+
+from .mnist_mlp import MLP
 
 
 def svd(W):
@@ -55,3 +57,29 @@ def low_rank_cost(shapes, rank):
         params += d * (n_in + 1 + out) + out
         macs += d * (n_in + 1 + out)
     return params, macs
+
+
+def compress(model, factors, rank):
+    """A copy of the MLP `model` whose hidden layers are LowRankLinear at `rank` (None = full), from one SVD per layer.
+
+    factors: [(U, S, Vh), ...], the SVD of each hidden weight (`svd`), computed once and sliced for every rank.
+    """
+    net = MLP(model.head.in_features, len(model.hidden))
+    net.head.load_state_dict(model.head.state_dict())
+    for i, ((U, S, Vh), layer) in enumerate(zip(factors, model.hidden)):
+        net.hidden[i] = LowRankLinear(*truncate(U, S, Vh, rank), layer.bias)
+    return net.to(model.head.weight.device).eval()
+
+
+def cost(model, rank):
+    """(parameters, multiply-adds per image) of the MLP `model` with its hidden layers at `rank` (0 = dense).
+
+    The last layer stays dense either way.
+    """
+    head = model.head.weight.numel() + model.head.bias.numel()
+    if rank == 0:
+        hidden = [layer.weight for layer in model.hidden]
+        return (sum(w.numel() + w.shape[0] for w in hidden) + head,
+                sum(w.numel() for w in hidden) + model.head.weight.numel())
+    params, macs = low_rank_cost([tuple(layer.weight.shape) for layer in model.hidden], rank)
+    return params + head, macs + model.head.weight.numel()

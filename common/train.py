@@ -3,6 +3,8 @@
 Problems differ only by what they pass in:
     loss_fn(model, batch) -> scalar loss tensor           (the homework's objective)
     validate(model) -> {"name": number, ...}              (called after every epoch)
+`train_or_reuse` is how the problems call `fit`: it sets up AdamW and the learning-rate schedule, or
+reuses a finished run with the same config instead of training again.
 
 `fit` checkpoints every epoch (and on SIGINT/SIGTERM) atomically, with every piece of state needed to
 continue bit for bit: model, optimizer, scheduler, epoch and step, RNG state, best-so-far, history.
@@ -333,3 +335,47 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
     return state["history"]
+
+
+def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", warmup, epochs, batch_size, lr,
+                   weight_decay, seed, patience=None, clip_grad=None, collate_fn=None, ckpt_path, config,
+                   resume=False, device="cpu", desc="train", quiet=False):
+    """Train `model` with `fit`, or reuse the finished run at `ckpt_path` if it was made with exactly `config`.
+
+    Reuse: `model` gets that run's best weights and its history is returned; nothing trains.
+    Training: AdamW(lr, weight_decay) with a learning rate that changes every step over
+    epochs * ceil(len(train_set) / batch_size) steps:
+        warmup > 0: one-cycle, `warmup` of the steps rising from lr / 25 to lr, then cosine down to lr / 25e4;
+        warmup = 0: cosine from lr straight down to 0.
+    (AdamW with weight_decay=0 is Adam, bit for bit.) The rest goes to `fit` as it is: validate, monitor and
+    mode pick the best epoch, patience stops early, clip_grad clips the gradient norm, and the checkpoint at
+    `ckpt_path` holds `config` so that the next run can tell whether it may reuse it.
+
+    The global RNG (dropout masks) is the caller's: seed it before building `model`, e.g.
+        seed_everything(seed)
+        model = Net().to(device)
+        history = train_or_reuse(model, loss_fn, train_set, validate=validate, monitor="val_acc", warmup=0.1,
+                                 epochs=10, batch_size=256, lr=1e-3, weight_decay=0.0, seed=seed,
+                                 ckpt_path=path, config=config, device=device)
+    Returns the history (a list of per-epoch dicts); `model` ends holding the best epoch's weights, in eval mode.
+    """
+    done = load_finished(ckpt_path, config)
+    if done is not None:
+        model.load_state_dict(best_weights(done))
+        if is_main():
+            print(f"[{desc}] reusing the finished run {ckpt_path} (same config)")
+        model.eval()
+        return done["history"]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-len(train_set) // batch_size)
+    if warmup > 0:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    history = fit(model, loss_fn, optimizer, train_set, epochs=epochs, batch_size=batch_size, seed=seed,
+                  validate=validate, monitor=monitor, mode=mode, scheduler=scheduler, patience=patience,
+                  clip_grad=clip_grad, collate_fn=collate_fn, ckpt_path=ckpt_path, resume=resume, config=config,
+                  device=device, desc=desc, quiet=quiet)
+    model.eval()
+    return history

@@ -85,8 +85,15 @@ positive_int = _number(int, 1, "an integer >= 1")
 nonnegative_int = _number(int, 0, "an integer >= 0")
 positive_float = _number(float, 1e-300, "a number > 0")
 nonnegative_float = _number(float, 0.0, "a number >= 0")
-fraction = nonnegative_float  # the old name, until every script uses nonnegative_float
 seed_int = _number(int, 0, f"a seed from 0 to {2**32 - 1}", 2**32 - 1)  # numpy's seeds are 32-bit
+
+
+def dropout_rate(text):
+    """The argparse type of a dropout probability: >= 0 and below 1 (1 would zero every activation)."""
+    value = nonnegative_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a dropout rate, >= 0 and < 1, got {text!r}")
+    return value
 
 
 def add_common_args(parser, out):

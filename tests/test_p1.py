@@ -4,7 +4,7 @@ import torch
 
 import p1_svd
 from common.mnist_mlp import MLP
-from common.svd import LowRankLinear, low_rank, svd, truncate
+from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
 from conftest import read_json
 
 
@@ -20,34 +20,44 @@ def real_count(module):
 
 def test_homework_parameter_counts():
     model = MLP()
-    assert p1_svd.cost(model, 0)[0] == sum(p.numel() for p in model.parameters()) == 5_012_490
-    assert p1_svd.cost(model, 20)[0] == 215_470
+    assert cost(model, 0)[0] == sum(p.numel() for p in model.parameters()) == 5_012_490
+    assert cost(model, 20)[0] == 215_470
 
 
 @pytest.mark.parametrize("rank", [1, 3, 5, 12, None])
 def test_parameter_formula_matches_module(rank):
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
-    assert p1_svd.cost(model, rank)[0] == real_count(p1_svd.compress(model, factors, rank))
+    assert cost(model, rank)[0] == real_count(compress(model, factors, rank))
 
 
 def test_full_rank_reproduces_baseline_logits():
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     x = torch.rand(32, 784, dtype=torch.float64)
-    full = p1_svd.compress(model, factors, None).double()
+    full = compress(model, factors, None).double()
     torch.testing.assert_close(full(x), model(x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("rank", [0, 1, 4, 9, 20])
+@pytest.mark.parametrize("rank", [1, 4, 9, 19, 20])
 def test_eckart_young_error_is_norm_of_dropped_singular_values(rank):
-    W = torch.randn(30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
+    g = torch.Generator().manual_seed(rank)
+    W = torch.randn(30, 20, dtype=torch.float64, generator=g)
     U, S, Vh = svd(W)
-    err = torch.linalg.norm(W - low_rank(U, S, Vh, rank))
-    assert torch.isclose(err, S[rank:].norm(), rtol=1e-10, atol=1e-12)
-    # the oracle: any other rank-r matrix (here a perturbed one) is no closer
-    other = low_rank(U + 1e-3 * torch.randn_like(U), S, Vh, rank)
-    assert torch.linalg.norm(W - other) >= err - 1e-12
+    W_r = low_rank(U, S, Vh, rank)
+    assert torch.linalg.matrix_rank(W_r) == rank
+    # the oracle, without an SVD: the squared singular values are the eigenvalues of W^T W, so the best
+    # rank-r error is the square root of the sum of its 20 - r smallest eigenvalues (0 at full rank)
+    eigenvalues = torch.linalg.eigvalsh(W.T @ W)  # ascending
+    dropped = eigenvalues[:20 - rank].clamp(min=0).sum().sqrt()
+    assert torch.isclose(torch.linalg.norm(W - W_r), dropped, rtol=1e-8, atol=1e-7)
+    # and no other rank-r matrix is closer: random ones, and small perturbations of the factors
+    for _ in range(20):
+        A = torch.randn(30, rank, dtype=torch.float64, generator=g)
+        B = torch.randn(rank, 20, dtype=torch.float64, generator=g)
+        other = low_rank(U + 1e-2 * torch.randn(U.shape, dtype=torch.float64, generator=g), S, Vh, rank)
+        assert torch.linalg.norm(W - A @ B) > torch.linalg.norm(W - W_r)
+        assert torch.linalg.norm(W - other) >= torch.linalg.norm(W - W_r) - 1e-12
 
 
 def test_low_rank_layer_computes_factorized_product():

@@ -4,10 +4,9 @@ import shutil
 import pytest
 import torch
 
-import p1_svd
 import p2_factorized as p2
 from common.mnist_mlp import MLP, classification_loss
-from common.svd import low_rank, svd
+from common.svd import compress, cost, low_rank, svd
 from common.utils import UserError
 from conftest import assert_clean_error, read_json, run_script
 
@@ -35,7 +34,7 @@ def test_initial_network_has_p1_rank_d_logits(rank):
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     x = torch.rand(64, 784, dtype=torch.float64)
     p2_logits = p2.factorize(model, factors, rank).double().eval()(x)
-    p1_logits = p1_svd.compress(model, factors, rank).double()(x)
+    p1_logits = compress(model, factors, rank).double()(x)
     torch.testing.assert_close(p2_logits, p1_logits, rtol=1e-10, atol=1e-10)
 
 
@@ -45,7 +44,7 @@ def test_homework_parameter_counts():
                for layer in model.hidden]
     net = p2.factorize(model, factors, 20)
     assert p2.n_params(net) == sum(p.numel() for p in net.parameters()) == 215_370
-    assert p2.n_params(net) + 5 * 20 == p1_svd.cost(model, 20)[0] == 215_470  # P1 stores S apart: 20 per layer
+    assert p2.n_params(net) + 5 * 20 == cost(model, 20)[0] == 215_470  # P1 stores S apart: 20 per layer
 
 
 def test_fine_tuning_reaches_every_factor_bias_and_the_head():
@@ -84,7 +83,7 @@ def test_dry_run(dry_p1, tmp_path, capsys):
     # ... and a re-run with the same config reuses the finished checkpoint instead of training
     capsys.readouterr()
     p2.main(args + ["--ckpt-dir", str(other)])
-    assert "reusing the finished fine-tune" in capsys.readouterr().out
+    assert "reusing the finished run" in capsys.readouterr().out
     assert read_json(tmp_path / "out2" / "metrics.json")["seeds"][0]["test_acc"] == run["test_acc"]
 
 

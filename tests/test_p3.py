@@ -3,10 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import p1_svd
 import p3_svd_ste as p3
 from common.mnist_mlp import MLP
-from common.svd import low_rank, svd
+from common.svd import compress, cost, low_rank, svd
 from common.utils import UserError
 from conftest import assert_clean_error, read_json, run_script
 
@@ -125,13 +124,13 @@ def test_rank_network_parameter_count_and_logits():
     model = MLP()
     net, factors = p3.rank_network(model, 20)
     stored = sum(t.numel() for t in net.parameters()) + sum(t.numel() for t in net.buffers())
-    assert stored == p1_svd.cost(model, 20)[0] == 215_470
+    assert stored == cost(model, 20)[0] == 215_470
 
     torch.manual_seed(0)
     small = MLP(width=16, depth=3).double()
     ste = p3.ste_network(small, rank=4, oversample=2, refresh_every=0).double().eval()
     x = torch.rand(8, 784, dtype=torch.float64)
-    reference = p1_svd.compress(small, [svd(layer.weight.detach()) for layer in small.hidden], 4).double()
+    reference = compress(small, [svd(layer.weight.detach()) for layer in small.hidden], 4).double()
     torch.testing.assert_close(ste(x), reference(x), rtol=1e-10, atol=1e-10)  # the forward pass is rank 4
     torch.testing.assert_close(p3.dense_network(ste).double()(x), small(x), rtol=1e-12, atol=1e-12)
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import p5_draw
+from common.data import load_mnist
 from p5_draw import PatchLSTM, draw, from_patches, mean_bottoms, nearest_bottoms, to_patches
 from conftest import assert_clean_error, read_json, run_script
 
@@ -132,17 +133,23 @@ def test_mean_bottom_reference():
     torch.testing.assert_close(completed[:, 8:], train[:, 8:].mean(0).expand(4, -1, -1))
 
 
-def test_score_of_the_originals_themselves():
-    x = torch.rand(10, 16, 49)
-    labels = torch.arange(10)
+def test_score_counts_the_bottom_half_and_the_true_class():
+    original = torch.zeros(4, 16, 49)
+    completed = original.clone()
+    completed[:, :8] = 0.7      # the top halves differ too: the score must not count them
+    completed[0, 8:] = 0.5      # image 0: every bottom pixel off by 0.5
+    completed[1, 15, :7] = 1.0  # image 1: 7 pixels off by 1, the first row of the bottom-right patch: image row 21
+    labels = torch.tensor([3, 1, 4, 1])
 
-    def classifier(images):  # "class = index of the brightest of 10 fixed pixels"
-        return images.flatten(1)[:, :10]
+    def classifier(images):  # logits for class 1 if pixel (21, 27) is bright, else for class 3
+        logits, bright = torch.zeros(len(images), 10), images[:, 21, 27] > 0.6
+        logits[bright, 1] = logits[~bright, 3] = 1.0
+        return logits
 
-    predicted_ok = p5_draw.predict(classifier, from_patches(x))
-    s, predicted = p5_draw.score(x, x, labels, classifier)
-    assert s["bottom_mse"] == 0.0 and torch.equal(predicted, predicted_ok)
-    assert s["class_kept"] == pytest.approx((predicted_ok == labels).double().mean().item())
+    s, predicted = p5_draw.score(completed, original, labels, classifier)
+    assert s["bottom_mse"] == pytest.approx((8 * 49 * 0.5 ** 2 + 7 * 1.0 ** 2) / (4 * 8 * 49), rel=1e-6)
+    assert predicted.tolist() == [3, 1, 3, 3]
+    assert s["class_kept"] == 0.5  # images 0 and 1 keep their labels, 2 and 3 do not
 
 
 def test_examples_are_per_class_distinct_and_repeatable():
@@ -185,9 +192,19 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
     assert m["dry_run"] is True and m["epochs_trained"] == 1
     for where in ("test", "examples"):
         assert set(m["drawing"][where]) == {"original", "lstm", "nearest_neighbour", "mean_bottom"}
-        for s in m["drawing"][where].values():
-            assert 0 <= s["bottom_mse"] <= 1 and 0 <= s["class_kept"] <= 1
         assert m["drawing"][where]["original"]["bottom_mse"] == 0
+    # the references against oracles in pixel space (the bottom half is image rows 14..27), without patches
+    data = load_mnist(dry_run=True)
+    (train_x, _), (test_x, test_y) = data["train"], data["test"]
+    mean_bottom = ((test_x[:, 14:] - train_x[:, 14:].mean(0)) ** 2).mean().item()
+    assert m["drawing"]["test"]["mean_bottom"]["bottom_mse"] == pytest.approx(mean_bottom, rel=1e-5)
+    distances = torch.cdist(test_x[:, :14].flatten(1).double(), train_x[:, :14].flatten(1).double())
+    nearest = ((test_x[:, 14:] - train_x[distances.argmin(1), 14:]) ** 2).mean().item()
+    assert m["drawing"]["test"]["nearest_neighbour"]["bottom_mse"] == pytest.approx(nearest, rel=1e-5)
+    # the share of each digit kept, weighted by how often the digit occurs, is the share kept overall
+    counts = torch.bincount(test_y, minlength=10).double()
+    per_digit = torch.tensor([m["class_kept_per_digit"][str(c)] for c in range(10)], dtype=torch.float64)
+    assert (per_digit @ counts / counts.sum()).item() == pytest.approx(m["drawing"]["test"]["lstm"]["class_kept"])
     assert len(m["examples"]["indices"]) == 100
     assert m["examples"]["labels"] == [c for c in range(10) for _ in range(10)]
     assert m["classifier_config"] == read_json(out / "config.json")["classifier_config"]
@@ -197,7 +214,7 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
 
     # a finished checkpoint with the same config is reused, not retrained
     p5_draw.main(["--dry-run", "--out", str(tmp_path / "reused"), "--ckpt-dir", str(ckpt_with_baseline)])
-    assert "reusing the finished LSTM" in capsys.readouterr().out
+    assert "reusing the finished run" in capsys.readouterr().out
     assert read_json(tmp_path / "reused" / "metrics.json")["drawing"] == m["drawing"]
 
 

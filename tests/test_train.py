@@ -1,8 +1,11 @@
-"""The shared training loop: exact resume after SIGKILL and SIGINT, non-finite loss, checkpoint safety, DDP."""
+"""The shared training loop: exact resume after SIGKILL and SIGINT, non-finite loss, checkpoint safety,
+train-or-reuse."""
 import pytest
 import torch
 
-from common.train import load_checkpoint, save_checkpoint
+from torch.utils.data import TensorDataset
+
+from common.train import load_checkpoint, save_checkpoint, train_or_reuse
 from common.utils import UserError
 from conftest import assert_clean_error, run_script
 
@@ -94,3 +97,33 @@ def test_damaged_checkpoint_gives_one_line_error(tmp_path, damage):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_train_or_reuse_reuses_only_a_finished_run_with_the_same_config(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    def run(config, warmup):
+        calls.clear()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        history = train_or_reuse(model, loss_fn, data, validate=lambda m: {"val_loss": loss_fn(m, data.tensors).item()},
+                                 monitor="val_loss", mode="min", warmup=warmup, epochs=3, batch_size=16, lr=0.05,
+                                 weight_decay=0.01, seed=0, ckpt_path=tmp_path / "c.pt", config=config, quiet=True)
+        return model, history, len(calls)
+
+    model, history, steps = run({"a": 1}, warmup=0.25)
+    assert steps == 3 * 4 + 3 and len(history) == 3 and not model.training  # 4 batches an epoch, 1 validation
+    capsys.readouterr()
+    again, reused, steps = run({"a": 1}, warmup=0.25)
+    assert steps == 0 and reused == history and "reusing the finished run" in capsys.readouterr().out
+    # it holds the best epoch's weights: its validation loss is the lowest in the history
+    assert loss_fn(again, data.tensors).item() == min(h["val_loss"] for h in history)
+    _, retrained, steps = run({"a": 2}, warmup=0.0)  # another config: trained, not reused
+    assert steps == 3 * 4 + 3 and load_checkpoint(tmp_path / "c.pt")["config"] == {"a": 2}
+    assert [h["train_loss"] for h in retrained] != [h["train_loss"] for h in history]  # the other schedule

@@ -1,0 +1,65 @@
+"""The real scripts on the full MNIST data, at fewer epochs than the full run, against real accuracy bars.
+
+Marked slow (minutes on 2 cores): `make test-slow` runs them, `make test` does not. Each trains from scratch in a
+temporary folder, never reusing checkpoints/. The bars sit below what these settings reached when measured (in the
+comments) and above what a broken network, SVD, gradient or drawing loop would give.
+"""
+import pytest
+
+from conftest import read_json, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def run(script, *args):
+    proc = run_script(script, "--quiet", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def p1(tmp_path_factory):
+    """P1 with one seed and 3 of its 12 epochs: (metrics, checkpoint folder)."""
+    base = tmp_path_factory.mktemp("p1_slow")
+    run("p1_svd.py", "--seeds", "1", "--epochs", "3", "--out", base / "out", "--ckpt-dir", base / "ckpt")
+    return read_json(base / "out" / "metrics.json"), base / "ckpt"
+
+
+def test_p1_baseline_and_rank_d_networks(p1):
+    metrics, _ = p1
+    base = metrics["baseline_test_acc"]["mean"]
+    acc = {d: row["test_acc"]["mean"] for d, row in metrics["ranks"].items() if d != "dense"}
+    assert base >= 0.97  # measured 0.9773 after 3 epochs; the full run's 12 reach 0.984
+    # full rank is the trained baseline itself: at most 3 of 10,000 test images change (float32 rounding)
+    assert abs(acc["full"] - base) <= 3e-4
+    assert acc["200"] >= base - 0.003  # measured 0.9770: rank 200 keeps the accuracy ...
+    assert acc["10"] < acc["50"] - 0.02  # ... rank 10 does not (measured 0.81 against 0.976 at rank 50)
+    assert metrics["ranks"]["20"]["params"] == 215_470
+
+
+def test_p2_fine_tuning_recovers_rank_20_accuracy(p1, tmp_path):
+    _, ckpt = p1
+    run("p2_factorized.py", "--seeds", "1", "--epochs", "1", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
+    run_ = read_json(tmp_path / "out" / "metrics.json")["seeds"][0]
+    assert run_["test_acc"] >= run_["initial_test_acc"] + 0.003  # one epoch helps: measured 0.9652 -> 0.9720
+    assert run_["test_acc"] >= 0.96
+
+
+def test_p3_straight_through_training(p1, tmp_path):
+    _, ckpt = p1
+    run("p3_svd_ste.py", "--seeds", "1", "--epochs", "1", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
+    metrics = read_json(tmp_path / "out" / "metrics.json")
+    run_ = metrics["seeds"][0]
+    assert metrics["tracking_error_ratio_max"] <= 1.01  # the tracker stays within 1% of the exact rank-20 SVD
+    assert run_["test_acc"] >= run_["initial_test_acc"] + 0.003  # measured 0.9652 -> 0.9724
+    assert run_["test_acc"] >= 0.96
+
+
+def test_p5_lstm_draws_better_than_the_references(p1, tmp_path):
+    _, ckpt = p1
+    run("p5_draw.py", "--epochs", "3", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
+    m = read_json(tmp_path / "out" / "metrics.json")
+    assert m["teacher_forced_mse"]["test"] <= 0.05  # measured 0.0426; the full run's 30 epochs reach 0.029
+    test = m["drawing"]["test"]  # measured: LSTM 0.0538, nearest neighbour 0.0679, mean 0.0715
+    assert test["lstm"]["bottom_mse"] < min(test["nearest_neighbour"]["bottom_mse"], test["mean_bottom"]["bottom_mse"])
+    assert test["lstm"]["class_kept"] >= 0.8  # measured 0.870
