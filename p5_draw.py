@@ -420,7 +420,7 @@ def train_drawer(kind, data, args, device, path):
     seed_everything(args.seed)
     model = make_drawer(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = args.epochs * -(-len(data["train"][0]) // args.batch_size)
+    steps = config["epochs"] * -(-len(data["train"][0]) // args.batch_size)  # --epochs or --sampler-epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     loss_fn, metrics_fn, monitor = ((teacher_forced_loss, teacher_forced_metrics, "val_mse") if kind == "mse" else
                                     (likelihood_loss, likelihood_metrics, "val_nll"))
@@ -430,7 +430,7 @@ def train_drawer(kind, data, args, device, path):
         return {f"val_{k}": v for k, v in evaluate(m, val_set, metrics_fn, device=device).items()}
 
     history = fit(model, loss_fn, optimizer, TensorDataset(to_patches(data["train"][0])),
-                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, validate=validate,
+                  epochs=config["epochs"], batch_size=args.batch_size, seed=args.seed, validate=validate,
                   monitor=monitor, mode="min", patience=args.patience, scheduler=scheduler,
                   clip_grad=args.clip_grad or None, ckpt_path=path, resume=args.resume, config=config,
                   device=device, desc=f"p5 {kind}", quiet=args.quiet)

@@ -326,6 +326,19 @@ def test_changed_completions_get_a_red_frame():
     assert torch.equal(grid[:, 10, 10], black)  # inside a frame: the image itself
 
 
+def test_each_drawer_trains_for_its_own_epochs(tmp_path):
+    """--epochs is the MSE drawer's, --sampler-epochs the sampling drawer's; the checkpoint's config says so."""
+    g = torch.Generator().manual_seed(7)
+    data = {k: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for k, n in (("train", 64), ("val", 32))}
+    args = p5_draw.get_args(["--epochs", "3", "--sampler-epochs", "2", "--hidden", "8", "--head-hidden", "8",
+                             "--components", "2", "--batch-size", "32", "--quiet"])
+    for kind, epochs in (("mse", 3), ("sampler", 2)):
+        history, config = p5_draw.train_drawer(kind, data, args, torch.device("cpu"), tmp_path / f"{kind}.pt")
+        assert len(history) == config["epochs"] == epochs
+        assert p5_draw.load_checkpoint(tmp_path / f"{kind}.pt")["scheduler"]["T_max"] == epochs * 2  # 2 batches
+
+
 # ----------------------------------------------------------------------------- the script
 
 @pytest.fixture
