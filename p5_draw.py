@@ -455,7 +455,8 @@ def train_drawers(jobs, args):
     if args.jobs == 1 or to_train < 2 or jobs[0][3].type != "cpu" or world()[1] > 1:
         return [train_on_threads(*job) for job in jobs]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
-    with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=context) as pool, forward_signals():
+    with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=context, initializer=ignore_signals) as pool, \
+            forward_signals():
         futures = [pool.submit(train_on_threads, *job) for job in jobs]
         return [f.result() for f in futures]
 
@@ -469,6 +470,13 @@ def is_finished(job):
 def train_on_threads(kind, data, args, device, path):
     with threads(args.threads):
         return train_drawer(kind, data, args, device, path)
+
+
+def ignore_signals():
+    """In a pool worker: SIGINT and SIGTERM stop a training (fit checkpoints, then stops), never an idle worker,
+    whose death would break the pool."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
