@@ -491,58 +491,114 @@ def section_p4(m, bench):
 
 
 def section_p5(m):
-    tf = m["teacher_forced_mse"]
-    d = m["drawing"]
-    g_mse, g_class, g_refs = (m["goals"][k] for k in ("teacher_forced_test_mse", "class_kept",
-                                                       "lstm_mse_over_best_reference"))
-    names = [("lstm", "LSTM"), ("nearest_neighbour", "nearest neighbour (top half, L2)"),
-             ("mean_bottom", "mean bottom half"), ("original", "original (no drawing)")]
-    rows = [[label, f"{d['test'][k]['bottom_mse']:.4f}", pct(d["test"][k]["class_kept"], 1),
-             f"{d['examples'][k]['bottom_mse']:.4f}", pct(d["examples"][k]["class_kept"], 0)] for k, label in names]
-    per_digit = m["class_kept_per_digit"]
+    tf, d, goals = m["teacher_forced_mse"], m["drawing"], m["goals"]
+    sampler, c, sc = m["sampler"], m["config"], m["sampler"]["config"]
+    k = sampler["samples_per_image"]
     n_examples = len(m["examples"]["indices"])
-    lstm = d["test"]["lstm"]
-    c = m["config"]
-    summary = [["P5 teacher-forced test MSE", "", bound(g_mse), f"{tf['test']:.4f}", "", verdict(g_mse)],
-               [f"P5 completions keep their class (worst of test and the {n_examples})", "", bound(g_class, percent),
-                pct(g_class["measured"], 1), "", verdict(g_class)],
-               ["P5 LSTM bottom-half MSE / the better reference's (worst of the two)", "", bound(g_refs),
-                f"{g_refs['measured']:.2f} (test: {lstm['bottom_mse']:.4f} vs "
-                f"{d['test']['nearest_neighbour']['bottom_mse']:.4f}, {d['test']['mean_bottom']['bottom_mse']:.4f})",
-                "", verdict(g_refs)]]
+    names = [("lstm", "MSE drawer (the homework's LSTM)"), ("sampler", f"sampling drawer ({k} samples each)"),
+             ("nearest_neighbour", "nearest neighbour (top half, L2)"), ("mean_bottom", "mean bottom half"),
+             ("original", "original (no drawing)")]
+    rows = [[label, f"{d['test'][n]['bottom_mse']:.4f}", f"{d['test'][n]['best_of_k_bottom_mse']:.4f}",
+             pct(d["test"][n]["class_kept"], 1), f"{d['test'][n]['sharpness']:.3f}", f"{d['test'][n]['ink']:.3f}",
+             f"{d['examples'][n]['bottom_mse']:.4f}", pct(d["examples"][n]["class_kept"], 0)] for n, label in names]
+    per_digit = [["MSE drawer"] + [pct(v, 1) for v in m["class_kept_per_digit"].values()],
+                 ["sampling drawer"] + [pct(v, 1) for v in m["sampler_class_kept_per_digit"].values()]]
+    lstm, samples = d["test"]["lstm"], d["test"]["sampler"]
+    amb = m["ambiguous"]
+    g = {key: goals[key] for key in ("teacher_forced_test_mse", "mse_drawer_class_kept", "sampler_class_kept",
+                                     "sampler_best_of_k_below_mse_drawer", "sampler_sharpness_closer_to_originals",
+                                     "lstm_mse_over_best_reference")}
+    summary = [["P5 teacher-forced test MSE (MSE drawer)", "", bound(g["teacher_forced_test_mse"]), f"{tf['test']:.4f}",
+                "", verdict(g["teacher_forced_test_mse"])],
+               ["P5 MSE drawer's completions keep their class (test)", "",
+                bound(g["mse_drawer_class_kept"], percent), pct(lstm["class_kept"], 1), "",
+                verdict(g["mse_drawer_class_kept"])],
+               ["P5 sampled completions keep their class (test)", "", bound(g["sampler_class_kept"], percent),
+                pct(samples["class_kept"], 1), "", verdict(g["sampler_class_kept"])],
+               [f"P5 best-of-{k} sampled bottom-half MSE (test)", "",
+                bound(g["sampler_best_of_k_below_mse_drawer"], lambda x: f"{x:.4f}", of="the MSE drawer's"),
+                f"{samples['best_of_k_bottom_mse']:.4f}", "", verdict(g["sampler_best_of_k_below_mse_drawer"])],
+               ["P5 sharpness: samples' distance from the originals'", "",
+                bound(g["sampler_sharpness_closer_to_originals"], lambda x: f"{x:.3f}", of="the MSE drawer's"),
+                f"{g['sampler_sharpness_closer_to_originals']['measured']:.3f}", "",
+                verdict(g["sampler_sharpness_closer_to_originals"])],
+               ["P5 MSE drawer's bottom-half MSE / the better reference's (worst split)", "",
+                bound(g["lstm_mse_over_best_reference"]), f"{g['lstm_mse_over_best_reference']['measured']:.2f}", "",
+                verdict(g["lstm_mse_over_best_reference"])]]
+    if m["budget"] is not None:
+        summary.append(["P5 run that trains both drawers", "", bound(m["budget"], lambda s: f"{s / 60:g} min"),
+                        minutes(m["budget"]["measured"]), "", verdict(m["budget"])])
+    ablation = m["ablation"]
+    if ablation is None:
+        ablation_text = ("No ablation was run for these settings (`python p5_draw.py --ablation` trains each "
+                         "variant and writes `results/p5/ablation.json`, which the next run reports).")
+    else:
+        ablation_text = (
+            "**What each change is worth** (`python p5_draw.py --ablation`: from the homework's LSTM to the MSE "
+            f"drawer above, one change per row, each row keeping the ones above it, every row trained for "
+            f"{ablation['epochs']} epochs with the same seed; one run each):\n\n"
+            + table(["change", "parameters", "best validation MSE", "vs the row above", "training time"],
+                    [[r["change"], f"{r['params']:,}", f"{r['val_mse']:.4f}",
+                      "-" if r["val_mse_change"] is None else f"{r['val_mse_change']:+.4f}",
+                      minutes(r["train_seconds"])] for r in ablation["rows"]]))
     return Section(summary, [Text(
-        "## Problem 5: an LSTM that draws the bottom half of digits\n\n"
+        "## Problem 5: LSTMs that draw the bottom half of digits\n\n"
         "Each 28 x 28 image becomes a sequence $X_1..X_{16}$ of 7 x 7 patches (rows of patches, top-left to "
-        "bottom-right, 49 values each). An LSTM reads the patches and a dense layer with a sigmoid predicts "
-        "the next one, $Y_t = \\mathrm{sigmoid}(W h_t + b) \\approx X_{t+1}$. Training uses teacher forcing: "
-        "$\\mathcal{L} = \\frac{1}{15 \\cdot 49} \\sum_{t=1}^{15} \\|Y_t - X_{t+1}\\|^2$ with "
-        "$X_1..X_{15}$ as inputs. To draw, the LSTM reads $X_1..X_8$ (the top half), then runs 7 single steps, "
-        "each fed its own previous output; the image is $X_1..X_8$ followed by $Y_8..Y_{15}$, so the given top "
-        "half is kept exactly.\n\n"
-        f"**Training.** {c['layers']} x {c['hidden']} LSTM ({m['params']:,} parameters), Adam with a cosine "
-        f"schedule, batch {c['batch_size']}, up to {c['epochs']} epochs with early stopping (patience "
-        f"{c['patience']}) on the validation MSE; {c['train_size']:,} training images and {c['val_size']:,} for "
-        f"validation (the homework validates on the test set; here the test set is only used for the numbers "
-        f"below). The best epoch was {m['best_epoch']} of {m['epochs_trained']}.\n\n"
-        f"**Result.** Teacher-forced MSE per pixel: {tf['val']:.4f} on validation, {tf['test']:.4f} on test "
-        f"({judged('goal', g_mse)}; the one public solution reports 0.0287 on "
-        f"validation). Drawn completions, scored against the originals' bottom halves and by P1's seed-0 "
-        f"baseline classifier (class kept = it still gives the true label; {judged('goal', g_class, percent)}; "
-        f"the LSTM beats both references on MSE: {verdict(g_refs)}):\n\n"
-        + table(["completion", "bottom-half MSE (test)", "class kept (test)",
+        "bottom-right, 49 values each). An LSTM reads the patches and a head predicts the next one. To draw, a "
+        "drawer reads $X_1..X_8$ (the top half), which predicts $X_9$, then runs 7 single steps, each fed its own "
+        "previous patch; the given top half is kept exactly. Two drawers share the recurrent structure:\n\n"
+        "- **The MSE drawer** (the homework's model): $Y_t = \\mathrm{sigmoid}(\\mathrm{head}(h_t)) \\approx "
+        "X_{t+1}$, trained with teacher forcing on "
+        "$\\mathcal{L} = \\frac{1}{15 \\cdot 49} \\sum_{t=1}^{15} \\|Y_t - X_{t+1}\\|^2$. "
+        "What minimises this loss is the average of the plausible next patches, so its drawings are blurry.\n"
+        f"- **The sampling drawer**: its head gives a mixture of {sc['components']} patches of independent "
+        "Bernoulli pixels, $p(x) = \\sum_k w_k \\prod_i p_{ki}^{x_i} (1 - p_{ki})^{1 - x_i}$, trained by "
+        "likelihood with teacher forcing; it draws by picking a component per patch and taking its pixel "
+        "probabilities. A component is one coherent stroke, so a drawing commits to one plausible digit.\n\n"
+        f"**Model.** One recurrent structure for both: {c['layers']} x {c['hidden']} LSTM units reading each patch "
+        + ("beside the one-hot of its position (patch 4 to 5 jumps to the next row; told where it is, the LSTM "
+           "need not count), " if c["position"] else "") +
+        (f"and a head with a hidden layer of {c['head_hidden']} ReLU units" if c["head_hidden"] else
+         "and a linear head") +
+        (" that also sees the next patch's already drawn neighbours (left, above, above-right)" if c["neighbours"]
+         else "") +
+        f" ({m['params']:,} parameters; the sampling drawer {sampler['params']:,}). Adam with a cosine schedule "
+        f"from {c['lr']:g}, batch {c['batch_size']}, up to {c['epochs']} epochs (the sampling drawer "
+        f"{sc['epochs']}) with early stopping (patience {c['patience']}) on the validation score; "
+        f"{c['train_size']:,} training images and {c['val_size']:,} for validation (the homework validates on the "
+        f"test set; here the test set only gives the numbers below). Best epochs: {m['best_epoch']} of "
+        f"{m['epochs_trained']} (MSE drawer), {sampler['best_epoch']} of {sampler['epochs_trained']} (sampling "
+        "drawer).\n\n"
+        f"**Result.** Teacher-forced MSE per pixel of the MSE drawer: {tf['val']:.4f} on validation, "
+        f"{tf['test']:.4f} on test ({judged('goal', g['teacher_forced_test_mse'])}; the one public solution "
+        f"reports 0.0287 on validation). The sampling drawer's teacher-forced test NLL is "
+        f"{sampler['teacher_forced']['test_nll']:.1f} nats per patch, and the MSE of its mixture's mean "
+        f"{sampler['teacher_forced']['test_mse_of_mean']:.4f}. Completions of the whole test set, scored against "
+        "the originals' bottom halves and by P1's seed-0 baseline classifier (class kept = it still gives the true "
+        f"label). Best-of-{k}: the closest of the {k} samples per image (the usual score for a prediction with "
+        "several right answers; the single-answer rows have one). Sharpness: the share of bottom-half pixels "
+        "within 0.1 of 0 or 1. MNIST's strokes are nearly binary, an average of strokes is gray, so a "
+        "drawing as sharp as the originals is one that commits (read it beside class kept and ink, the mean pixel: "
+        "a blank drawing would be sharp too):\n\n"
+        + table(["completion", "bottom-half MSE", f"best-of-{k} MSE", "class kept", "sharpness", "ink",
                  f"bottom-half MSE ({n_examples})", f"class kept ({n_examples})"], rows) +
-        "\n\nClass kept by the LSTM's completions, per digit (whole test set):\n\n"
-        + table([str(k) for k in per_digit], [[pct(v, 1) for v in per_digit.values()]]) +
-        "\n\nThe LSTM's completions are blurry averages of the plausible strokes, which is exactly what minimises "
-        "the MSE; the nearest neighbour copies a sharp but often misaligned bottom half. Where the top half is "
-        "ambiguous (a 7 or a 9, a 3 or an 8) the drawn digit can change class."),
-        figure(m, "side_by_side", "Originals, LSTM completions, nearest-neighbour and mean bottom halves; red: class "
-               "changed."),
-        figure(m, "completions", "The LSTM's 100 completions, a row per digit."),
+        "\n\nClass kept per digit (whole test set; the sampling drawer over all its samples):\n\n"
+        + table(["drawer"] + [str(i) for i in m["class_kept_per_digit"]], per_digit) +
+        f"\n\n**Ambiguous top halves.** The {len(amb['indices'])} test top halves whose 20 nearest training top "
+        "halves disagree most about the digit; for each, the samples' classes by P1's classifier: "
+        + "; ".join(f"digit {label}: {', '.join(map(str, p))}" for label, p in zip(amb["labels"],
+                                                                                 amb["sampler_predicted"]))
+        + f" (distinct classes per image: {', '.join(map(str, amb['sampler_classes_per_image']))}; the MSE "
+        f"drawer gives one completion each: {', '.join(map(str, amb['lstm_predicted']))}).\n\n" + ablation_text),
+        figure(m, "side_by_side", "Originals, the MSE drawer's completions, one sample of the sampling drawer, "
+               "nearest-neighbour and mean bottom halves; red: class changed."),
+        figure(m, "completions", "The MSE drawer's 100 completions, a row per digit."),
+        figure(m, "samples", "One sample of the sampling drawer for each of the same 100 top halves."),
+        figure(m, "ambiguous", "Ambiguous top halves: the original, the MSE drawer's completion and 8 samples each."),
         figure(m, "originals", "The 100 original test digits."),
-        figure(m, "learning_curve", "Teacher-forced MSE while training."),
-        figure(m, "mse_per_patch", "Teacher-forced test MSE of each predicted patch."),
-    ], train_seconds=sum(h["train_seconds"] for h in m["history"]))
+        figure(m, "learning_curve", "Validation scores while training."),
+        figure(m, "mse_per_patch", "The MSE drawer's teacher-forced test MSE of each predicted patch."),
+    ], train_seconds=sum(h["train_seconds"] for h in m["history"] + m["sampler"]["history"]))
 
 
 # ----------------------------------------------------------------------------- the report

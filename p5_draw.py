@@ -1,25 +1,42 @@
-"""Problem 5: an LSTM that draws the bottom half of MNIST digits, one 7x7 patch at a time.
+"""Problem 5: LSTMs that draw the bottom half of MNIST digits, one 7x7 patch at a time.
 
 Each 28x28 image becomes a sequence of 16 patches of 7x7 pixels (rows of patches, top-left to
-bottom-right, each flattened to 49 values). An LSTM (2 layers x 64 units) and a dense layer with a
-sigmoid predict the next patch; it is trained with teacher forcing (feed X[1..15], compare with
-X[2..16], MSE) on the 50,000 training images, with early stopping on the other 10,000 (the homework
-validates on the test set; here the test set is kept for the final numbers only).
+bottom-right, each flattened to 49 values). Two drawers share one recurrent structure: an LSTM reads
+the patches, each beside the one-hot of its position (patch 4 -> 5 jumps to the next row; told where
+it is, the LSTM need not count), and a dense head looks at its state.
 
-To draw, the LSTM reads the first 8 patches (the top half), then runs 7 single steps, each fed its own
-previous prediction; X[1..8] and the 8 predicted patches Y[8..15] make the completed image. The P1
-baseline classifier (seed 0) checks whether a completion keeps its class; two references set the bar:
-the bottom half of the training image whose top half is nearest (L2), and the mean bottom half.
+- The MSE drawer (the homework's): the head and a sigmoid predict the next patch; trained with teacher
+  forcing (feed X[1..15], compare with X[2..16], MSE). Its drawings are the average of the plausible
+  strokes, which is what minimises the MSE, so they are blurry.
+- The sampling drawer (beyond the homework): the head gives a distribution over the next patch, a
+  mixture of K patches of independent Bernoulli pixels, trained by likelihood with teacher forcing.
+  It draws by sampling: a component per patch, whose pixel probabilities become the patch. A component
+  is one coherent stroke, so the drawing commits to one of the plausible digits.
 
-    python p5_draw.py              # full quality (a few minutes on 2 CPU cores; needs P1's seed-0 baseline)
+Both train on the 50,000 training images, with model selection on the other 10,000 (the homework
+validates on the test set; here the test set is kept for the final numbers only). To draw, a drawer
+reads the first 8 patches (the top half), then runs 7 single steps, each fed its own previous patch;
+X[1..8] and the 8 drawn patches make the completed image. The P1 baseline classifier (seed 0) checks
+whether a completion keeps its class; two references set the bar: the bottom half of the training
+image whose top half is nearest (L2), and the mean bottom half.
+
+    python p5_draw.py              # full quality (about 3 minutes on 2 CPU cores; needs P1's seed-0 baseline)
+    python p5_draw.py --ablation   # also trains the MSE drawer's ablation variants (longer; writes ablation.json)
     python p5_draw.py --dry-run    # a tiny end-to-end run in seconds (needs `python p1_svd.py --dry-run`)
 
-Writes results/p5/{metrics.json, config.json, completions.png, originals.png, side_by_side.png,
-learning_curve.png, mse_per_patch.png} and checkpoints/p5_lstm_seed{seed}.pt; a finished checkpoint whose config is
-unchanged is reused, not retrained.
+Writes results/p5/{metrics.json, config.json, completions.png, samples.png, ambiguous.png, originals.png,
+side_by_side.png, learning_curve.png, mse_per_patch.png} and checkpoints/p5_{mse,sampler}_seed{seed}.pt;
+a finished checkpoint whose config is unchanged is reused, not retrained.
 """
+import argparse
 import contextlib
+import functools
+import json
+import multiprocessing
+import os
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -30,37 +47,62 @@ from torchvision.utils import make_grid, save_image
 from common.data import load_mnist
 from common.mnist_mlp import load_baseline
 from common.plot import plt, save_figure
-from common.train import evaluate, init_distributed, is_main, train_or_reuse
-from common.utils import (ArgumentParser, goal, UserError, add_common_args, atomic_path, nonnegative_float,
+from common.train import evaluate, init_distributed, is_main, load_checkpoint, load_finished, train_or_reuse, world
+from common.utils import (ArgumentParser, UserError, add_common_args, atomic_path, goal, nonnegative_float,
                           nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
                           save_config, save_json, seed_everything, seed_int)
 
-PATCH = 7      # patches are PATCH x PATCH pixels
-N_GIVEN = 8    # the top half: two rows of patches (image rows 0..13)
+PATCH = 7                # patches are PATCH x PATCH pixels
+PIXELS = PATCH * PATCH   # 49 values per patch
+N_PATCHES = 16           # a 28 x 28 image is 4 x 4 patches
+N_GIVEN = 8              # the top half: two rows of patches (image rows 0..13)
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the LSTM's initialisation and batches")
-    p.add_argument("--hidden", type=positive_int, default=64, help="LSTM units per layer")
-    p.add_argument("--layers", type=positive_int, default=2, help="stacked LSTM layers")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the LSTMs' initialisation, their batches and the sampling")
+    p.add_argument("--hidden", type=positive_int, default=128, help="LSTM units per layer (both drawers)")
+    p.add_argument("--layers", type=positive_int, default=1, help="stacked LSTM layers (both drawers)")
+    p.add_argument("--position", action=argparse.BooleanOptionalAction, default=True,
+                   help="feed each patch's position (a one-hot of 16) beside its pixels")
+    p.add_argument("--head-hidden", type=nonnegative_int, default=256,
+                   help="units of the heads' hidden ReLU layer (0: a single linear layer, as in the homework)")
+    p.add_argument("--neighbours", action=argparse.BooleanOptionalAction, default=True,
+                   help="the heads also see the next patch's left, above and above-right neighbours")
+    p.add_argument("--components", type=positive_int, default=8,
+                   help="mixture components of the sampling drawer's next-patch distribution")
     p.add_argument("--epochs", type=positive_int, default=30,
-                   help="most training epochs (early stopping may end sooner)")
+                   help="most training epochs of the MSE drawer (early stopping may end sooner)")
+    p.add_argument("--sampler-epochs", type=positive_int, default=20,
+                   help="most training epochs of the sampling drawer (its head costs more per step)")
     p.add_argument("--patience", type=positive_int, default=4,
-                   help="stop after this many epochs without a lower validation MSE")
+                   help="stop after this many epochs without a better validation score")
     p.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size")
     p.add_argument("--lr", type=positive_float, default=3e-3,
                    help="initial Adam learning rate (cosine decay to 0 over --epochs)")
-    p.add_argument("--clip-grad", type=nonnegative_float, default=1.0,
-                   help="clip the gradient norm to this (0: no clipping)")
+    p.add_argument("--clip-grad", type=nonnegative_float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    p.add_argument("--samples", type=positive_int, default=10,
+                   help="samples drawn by the sampling drawer for every test image (best-of-N scores)")
     p.add_argument("--per-class", type=positive_int, default=10,
                    help="test images drawn per digit class for the figures (a row per class)")
     p.add_argument("--examples-seed", type=seed_int, default=0,
                    help="seed that picks the test images of the figures")
+    p.add_argument("--ambiguous", type=positive_int, default=10,
+                   help="ambiguous top halves shown with several samples each")
     p.add_argument("--threads", type=nonnegative_int, default=1,
-                   help="CPU threads for training (0: torch's default); a 64-unit LSTM runs fastest on one")
+                   help="CPU threads for each training (0: torch's default); a small LSTM runs fastest on one")
+    p.add_argument("--jobs", type=positive_int, default=2,
+                   help="trainings run side by side on the CPU, each in its own process (1: one after the other)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the MSE drawer's ablation variants and write ablation.json (several minutes)")
+    p.add_argument("--ablation-epochs", type=positive_int, default=10,
+                   help="epochs of each ablation variant (the same for every row, the final settings included)")
     add_common_args(p, out="results/p5")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ambiguous > args.samples:
+        p.error(f"--ambiguous needs at least as many --samples ({args.samples}) as it shows; raise --samples")
+    return args
 
 
 # ----------------------------------------------------------------------------- 1. images <-> patch sequences
@@ -88,27 +130,103 @@ def from_patches(patches, height=28, width=28):
             .reshape(n, height, width))
 
 
-# ----------------------------------------------------------------------------- 2. the model
+def with_position(patches, start=0):
+    """(batch, steps, 49) -> (batch, steps, 49 + 16): each patch followed by the one-hot of its index start, start + 1, ..."""
+    n, steps, _ = patches.shape
+    if start + steps > N_PATCHES:
+        raise ValueError(f"patches {start}..{start + steps - 1} do not fit in a sequence of {N_PATCHES}")
+    position = torch.eye(N_PATCHES, dtype=patches.dtype, device=patches.device)[start:start + steps]
+    return torch.cat([patches, position.expand(n, steps, N_PATCHES)], dim=2)
+
+
+def neighbours(patches, before, start=0, cols=4):
+    """The patches above and above-right of each next patch: (batch, steps, 49) -> (batch, steps, 98).
+
+    patches: the sequence's patches start, start + 1, ...; before: (batch, 3, 49), the three read before them
+    (zeros at the sequence's start). Patch t + 1 lies below patch t - 3 and below-left of patch t - 2; in the
+    first row there is nothing above (zeros), and in the last column nothing above-right (zeros).
+    """
+    steps = patches.shape[1]
+    seq = torch.cat([before, patches], dim=1)  # index i holds patch start - 3 + i
+    above, above_right = seq[:, :steps], seq[:, 1:steps + 1]
+    next_col = torch.arange(start + 1, start + steps + 1, device=patches.device) % cols
+    return torch.cat([above, above_right * (next_col != cols - 1)[None, :, None]], dim=2)
+
+
+# ----------------------------------------------------------------------------- 2. the drawers
 
 class PatchLSTM(nn.Module):
-    """(batch, steps, 49) patches -> (batch, steps, 49) predictions of the next patch, in [0, 1].
+    """The MSE drawer: (batch, steps, 49) patches -> (batch, steps, 49) predictions of the next patch, in [0, 1].
 
-    forward also takes and returns the LSTM state ((layers, batch, hidden) h and c), so that drawing
-    can continue one step at a time from where the given patches left off.
+    The LSTM reads each patch beside its position; the head, a ReLU layer, sees the LSTM's output and, with
+    `neighbours`, the next patch's neighbours: left (the patch just read), above and above-right (read 3 and 2
+    steps ago), which the LSTM would otherwise have to remember pixel by pixel. forward also takes and returns
+    the state ((h, c), the last 3 patches read, how many were read), so that drawing can continue one step at
+    a time from where the given patches left off.
     """
 
-    def __init__(self, hidden=64, layers=2, patch_pixels=PATCH * PATCH):
+    def __init__(self, hidden=128, layers=1, position=True, head_hidden=256, neighbours=True, outputs=PIXELS):
         super().__init__()
-        self.lstm = nn.LSTM(patch_pixels, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, patch_pixels)
+        self.position, self.neighbours = position, neighbours
+        self.lstm = nn.LSTM(PIXELS + N_PATCHES * position, hidden, num_layers=layers, batch_first=True)
+        head_in = hidden + 3 * PIXELS * neighbours
+        self.head = (nn.Sequential(nn.Linear(head_in, head_hidden), nn.ReLU(), nn.Linear(head_hidden, outputs))
+                     if head_hidden else nn.Linear(head_in, outputs))
+
+    def run(self, patches, state=None):
+        """The head's raw output (batch, steps, outputs) and the new state."""
+        if state is None:
+            state = (None, patches.new_zeros(len(patches), 3, PIXELS), 0)
+        lstm_state, before, start = state
+        h, lstm_state = self.lstm(with_position(patches, start) if self.position else patches, lstm_state)
+        if self.neighbours:  # h: (batch, steps, hidden) -> (batch, steps, hidden + 3 * 49)
+            h = torch.cat([h, patches, neighbours(patches, before, start)], dim=2)
+        read = torch.cat([before, patches], dim=1)[:, -3:]
+        return self.head(h), (lstm_state, read, start + patches.shape[1])
 
     def forward(self, patches, state=None):
-        h, state = self.lstm(patches, state)   # h: (batch, steps, hidden)
-        return torch.sigmoid(self.head(h)), state  # pixels are in [0, 1], so is the prediction
+        out, state = self.run(patches, state)
+        return torch.sigmoid(out), state  # pixels are in [0, 1], so is the prediction
+
+
+class MixtureLSTM(PatchLSTM):
+    """The sampling drawer: the same LSTM; its head gives a distribution over the next patch x (49 pixels),
+
+        p(x) = sum_k w_k prod_i p_ki^x_i (1 - p_ki)^(1 - x_i),
+
+    a mixture of `components` patches of independent Bernoulli pixels. forward returns
+    ((log w (batch, steps, K), logits of p (batch, steps, K, 49)), state).
+    """
+
+    def __init__(self, hidden=128, layers=1, position=True, head_hidden=256, neighbours=True, components=8):
+        super().__init__(hidden, layers, position, head_hidden, neighbours, outputs=components * (1 + PIXELS))
+        self.components = components
+
+    def forward(self, patches, state=None):
+        out, state = self.run(patches, state)
+        log_weights = out[..., :self.components].log_softmax(-1)
+        logits = out[..., self.components:].unflatten(-1, (self.components, PIXELS))
+        return (log_weights, logits), state
+
+
+def mixture_nll(log_weights, logits, x):
+    """-log p(x) in nats, per patch: log w (..., K), logits (..., K, pixels), x (..., pixels) in [0, 1] -> (...).
+
+    With p = sigmoid(l), x log p + (1 - x) log(1 - p) = x l - softplus(l), so
+    log p(x) = logsumexp_k (log w_k + sum_i x_i l_ki - softplus(l_ki)). MNIST's pixels are gray at the strokes'
+    edges; for them the inner sum is the Bernoulli cross-entropy (the usual MNIST likelihood).
+    """
+    log_p_given_k = (logits @ x.unsqueeze(-1)).squeeze(-1) - F.softplus(logits).sum(-1)  # (..., K)
+    return -torch.logsumexp(log_weights + log_p_given_k, dim=-1)
+
+
+def mixture_mean(log_weights, logits):
+    """The mixture's expected patch, sum_k w_k p_k: (..., K), (..., K, pixels) -> (..., pixels)."""
+    return (log_weights.exp().unsqueeze(-1) * torch.sigmoid(logits)).sum(-2)
 
 
 def teacher_forced_loss(model, batch):
-    """Feed X[1..15], predict X[2..16]; the MSE per pixel."""
+    """The MSE drawer's loss: feed X[1..15], predict X[2..16]; the MSE per pixel."""
     (x,) = batch                  # (batch, 16, 49)
     y, _ = model(x[:, :-1])
     return F.mse_loss(y, x[:, 1:])
@@ -121,6 +239,21 @@ def teacher_forced_metrics(model, batch):
     return {"mse": ((y - x[:, 1:]) ** 2).mean((1, 2))}
 
 
+def likelihood_loss(model, batch):
+    """The sampling drawer's loss: feed X[1..15]; -log p(X[t+1] | X[1..t]) in nats per patch."""
+    (x,) = batch
+    (log_weights, logits), _ = model(x[:, :-1])
+    return mixture_nll(log_weights, logits, x[:, 1:]).mean()
+
+
+def likelihood_metrics(model, batch):
+    """Per-image NLL in nats per patch, and the MSE per pixel of the mixture's expected patch."""
+    (x,) = batch
+    (log_weights, logits), _ = model(x[:, :-1])
+    return {"nll": mixture_nll(log_weights, logits, x[:, 1:]).mean(1),
+            "mse": ((mixture_mean(log_weights, logits) - x[:, 1:]) ** 2).mean((1, 2))}
+
+
 @torch.no_grad()
 def per_patch_mse(model, patches, chunk=2000):
     """Teacher-forced MSE per pixel of each predicted patch 2..16, over all of `patches`: (15,)."""
@@ -128,35 +261,60 @@ def per_patch_mse(model, patches, chunk=2000):
     return sums / (len(patches) * patches.shape[2])
 
 
-@torch.no_grad()
-def draw(model, patches, n_given=N_GIVEN):
-    """Complete each sequence from its first `n_given` patches, feeding every prediction back in.
+def last_prediction(y):
+    """The MSE drawer's next patch: its prediction at the last step, (batch, 1, 49)."""
+    return y[:, -1:]
 
-    patches: (batch, 16, 49); only patches[:, :n_given] are read. Returns (batch, 16, 49) whose first
-    `n_given` patches are the given ones, unchanged, followed by the predicted Y[n_given..15].
+
+def sample_patch(params, generator=None):
+    """The sampling drawer's next patch: from the last step's mixture pick a component k ~ w, then its p_k.
+
+    params: (log w (batch, steps, K), logits (batch, steps, K, 49)) -> (batch, 1, 49). The component carries
+    the randomness (which stroke); its pixel probabilities, not coin flips per pixel, become the patch, as
+    MNIST's own gray stroke edges are (a VAE shows the mean of p(x | z) for the same reason).
+    """
+    log_weights, logits = params[0][:, -1], params[1][:, -1]          # (batch, K), (batch, K, 49)
+    k = torch.multinomial(log_weights.exp(), 1, generator=generator)   # (batch, 1)
+    return torch.sigmoid(logits.gather(1, k[:, :, None].expand(-1, -1, logits.shape[-1])))
+
+
+@torch.no_grad()
+def draw(model, patches, n_given=N_GIVEN, next_patch=last_prediction):
+    """Complete each sequence from its first `n_given` patches, feeding every drawn patch back in.
+
+    patches: (batch, 16, 49); only patches[:, :n_given] are read. next_patch(model output) -> (batch, 1, 49)
+    turns the last step's output into the drawn patch. Returns (batch, 16, 49) whose first `n_given` patches
+    are the given ones, unchanged, followed by the drawn Y[n_given..15].
     """
     y, state = model(patches[:, :n_given])
-    drawn = [y[:, -1:]]                      # Y[8]: the prediction of patch 9 after reading 1..8
+    drawn = [next_patch(y)]                  # Y[8]: the patch 9 drawn after reading 1..8
     for _ in range(patches.shape[1] - n_given - 1):
-        y, state = model(drawn[-1], state)   # one step, fed the previous prediction
-        drawn.append(y)
+        y, state = model(drawn[-1], state)   # one step, fed the previous drawn patch
+        drawn.append(next_patch(y))
     return torch.cat([patches[:, :n_given], *drawn], dim=1)
 
 
 # ----------------------------------------------------------------------------- 3. the references
 
 @torch.no_grad()
-def nearest_bottoms(train_patches, query_patches, n_given=N_GIVEN, chunk=1000):
-    """For each query, the bottom half of the training sequence whose top half is nearest in L2.
+def nearest_tops(train_patches, query_patches, k=1, n_given=N_GIVEN, chunk=1000):
+    """For each query, the indices of the `k` training sequences whose top halves are nearest in L2: (N_query, k).
 
-    |q - t|^2 = |q|^2 - 2 q.t + |t|^2; |q|^2 is the same for every t, so the argmin over t of
-    |t|^2 - 2 q.t needs one matrix product per chunk of queries: (chunk, 392) x (392, N_train).
-    Returns (the completed sequences (N_query, 16, 49), the index of each query's neighbour).
+    |q - t|^2 = |q|^2 - 2 q.t + |t|^2; |q|^2 is the same for every t, so ranking t by |t|^2 - 2 q.t needs
+    one matrix product per chunk of queries: (chunk, 392) x (392, N_train).
     """
     train_top = train_patches[:, :n_given].flatten(1)  # (N_train, 392)
     train_sq = (train_top ** 2).sum(1)
-    index = torch.cat([(train_sq - 2 * query[:, :n_given].flatten(1) @ train_top.T).argmin(1)
-                       for query in query_patches.split(chunk)])
+    return torch.cat([(train_sq - 2 * query[:, :n_given].flatten(1) @ train_top.T).topk(k, largest=False).indices
+                      for query in query_patches.split(chunk)])
+
+
+def nearest_bottoms(train_patches, query_patches, n_given=N_GIVEN, chunk=1000):
+    """Each query's top half above the bottom half of the training sequence whose top half is nearest.
+
+    Returns (the completed sequences (N_query, 16, 49), the index of each query's neighbour).
+    """
+    index = nearest_tops(train_patches, query_patches, 1, n_given, chunk).squeeze(1)
     return torch.cat([query_patches[:, :n_given], train_patches[index, n_given:]], dim=1), index
 
 
@@ -174,14 +332,29 @@ def predict(classifier, images, chunk=2000):
     return torch.cat([classifier(x).argmax(1) for x in images.split(chunk)])
 
 
-def score(completed, original, labels, classifier, n_given=N_GIVEN):
-    """Bottom-half MSE per pixel against the originals, and the share the classifier still puts in the true class.
+def sharpness(pixels, margin=0.1):
+    """The share of `pixels` within `margin` of 0 or 1: how much of a drawing is committed ink or background.
 
-    completed, original: (N, 16, 49) patch sequences; labels: (N,). Also returns the predicted labels.
+    MNIST's strokes are nearly binary with a thin gray edge; an average of several plausible strokes spreads
+    gray over many pixels. (A blank drawing would be perfectly sharp: read it beside class kept and ink.)
     """
-    predicted = predict(classifier, from_patches(completed))
-    return {"bottom_mse": F.mse_loss(completed[:, n_given:], original[:, n_given:]).item(),
-            "class_kept": (predicted == labels).double().mean().item()}, predicted
+    return ((pixels <= margin) | (pixels >= 1 - margin)).double().mean().item()
+
+
+def score(completed, original, labels, classifier, n_given=N_GIVEN):
+    """Scores of S completions of each of N sequences against the originals, and the classifier's labels (S, N).
+
+    completed: (S, N, 16, 49) (S = 1 for a deterministic drawer); original: (N, 16, 49); labels: (N,).
+    bottom_mse: MSE per pixel of the bottom half, over all S x N completions; best_of_k_bottom_mse: each
+    image's closest of its k = S completions, averaged over images; class_kept: the share of the S x N
+    completions that the classifier puts in the true class; sharpness and ink (mean pixel) of the bottom halves.
+    """
+    bottom = completed[:, :, n_given:]
+    mse = ((bottom - original[:, n_given:]) ** 2).mean((2, 3))   # (S, N)
+    predicted = torch.stack([predict(classifier, from_patches(c)) for c in completed])
+    return {"bottom_mse": mse.mean().item(), "best_of_k_bottom_mse": mse.min(0).values.mean().item(),
+            "k": len(completed), "class_kept": (predicted == labels).double().mean().item(),
+            "sharpness": sharpness(bottom), "ink": bottom.mean().item()}, predicted
 
 
 def pick_examples(labels, per_class, seed):
@@ -196,35 +369,171 @@ def pick_examples(labels, per_class, seed):
     return torch.cat(picked)
 
 
-# ----------------------------------------------------------------------------- main
+def pick_ambiguous(neighbour_labels, count):
+    """The `count` most ambiguous top halves: those whose nearest training top halves disagree most on the label.
 
-def train_lstm(data, args, device):
-    """Train (or reuse) the patch LSTM; model selection and early stopping on the validation MSE."""
-    config = {"hidden": args.hidden, "layers": args.layers, "epochs": args.epochs, "patience": args.patience,
-              "batch_size": args.batch_size, "lr": args.lr, "clip_grad": args.clip_grad, "seed": args.seed,
+    neighbour_labels: (N, k) labels of each test image's k nearest training top halves. Ambiguity is
+    1 - (the share of the most common label); ties go to the lower index. The choice sees no drawer.
+    Returns (indices (count,), the neighbours' label counts (count, 10)).
+    """
+    votes = F.one_hot(neighbour_labels, 10).sum(1)  # (N, 10)
+    majority = votes.max(1).values
+    order = torch.argsort(majority, stable=True)    # fewest votes for the top label first
+    index = order[:count]
+    return index, votes[index]
+
+
+# ----------------------------------------------------------------------------- 5. training
+
+def drawer_config(kind, args, data):
+    """Everything that decides a trained drawer; a finished checkpoint is reused only if this matches."""
+    config = {"kind": kind, "hidden": args.hidden, "layers": args.layers, "position": args.position,
+              "head_hidden": args.head_hidden, "neighbours": args.neighbours,
+              "epochs": args.epochs if kind == "mse" else args.sampler_epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
+              "clip_grad": args.clip_grad, "seed": args.seed,
               "train_size": len(data["train"][0]), "val_size": len(data["val"][0])}
+    if kind == "sampler":
+        config["components"] = args.components
+    return config
+
+
+def make_drawer(config):
+    """A fresh drawer of config["kind"]: "mse" (PatchLSTM) or "sampler" (MixtureLSTM)."""
+    shape = (config["hidden"], config["layers"], config["position"], config["head_hidden"], config["neighbours"])
+    if config["kind"] == "mse":
+        return PatchLSTM(*shape)
+    return MixtureLSTM(*shape, config["components"])
+
+
+def train_drawer(kind, data, args, device, path):
+    """Train the MSE drawer (kind "mse") or the sampling drawer ("sampler") unless a finished run with the same
+    config is at `path`; returns (history, config). The kept weights are the checkpoint's (load_drawer).
+
+    Model selection and early stopping on the validation MSE (MSE drawer) or NLL (sampling drawer).
+    """
+    config = drawer_config(kind, args, data)
     seed_everything(args.seed)
-    model = PatchLSTM(args.hidden, args.layers).to(device)
+    model = make_drawer(config).to(device)
+    loss_fn, metrics_fn, monitor = ((teacher_forced_loss, teacher_forced_metrics, "val_mse") if kind == "mse" else
+                                    (likelihood_loss, likelihood_metrics, "val_nll"))
     val_set = TensorDataset(to_patches(data["val"][0]))
 
     def validate(m):
-        return {"val_mse": evaluate(m, val_set, teacher_forced_metrics, device=device)["mse"]}
+        return {f"val_{k}": v for k, v in evaluate(m, val_set, metrics_fn, device=device).items()}
 
     # Adam (AdamW without weight decay), no warm-up: the learning rate decays along a cosine from --lr to 0
-    history = train_or_reuse(model, teacher_forced_loss, TensorDataset(to_patches(data["train"][0])),
-                             validate=validate, monitor="val_mse", mode="min", patience=args.patience, warmup=0,
-                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.0,
-                             seed=args.seed, clip_grad=args.clip_grad or None,
-                             ckpt_path=args.ckpt_dir / f"p5_lstm_seed{args.seed}.pt", config=config,
-                             resume=args.resume, device=device, desc="p5 lstm", quiet=args.quiet)
-    return model, history, config
+    history = train_or_reuse(model, loss_fn, TensorDataset(to_patches(data["train"][0])),
+                             validate=validate, monitor=monitor, mode="min", patience=args.patience, warmup=0,
+                             epochs=config["epochs"], batch_size=args.batch_size, lr=args.lr, weight_decay=0.0,
+                             seed=args.seed, clip_grad=args.clip_grad or None, ckpt_path=path, config=config,
+                             resume=args.resume, device=device, desc=f"p5 {kind}", quiet=args.quiet)
+    return history, config
+
+
+def load_drawer(path, config, device):
+    """The drawer that train_drawer finished at `path`, with its best epoch's weights, in eval mode."""
+    model = make_drawer(config)
+    model.load_state_dict(load_checkpoint(path, config)["best_model"])
+    return model.to(device).eval()
+
+
+def train_drawers(jobs, args):
+    """Run train_drawer(kind, data, args, device, path) for each job; returns the results in order.
+
+    Each small LSTM runs fastest on one core, so on a CPU with cores to spare (--jobs) the drawers that need
+    training train side by side, each in its own process; a job seeds itself, so the models are the ones a
+    sequential run makes. Ctrl-C or SIGTERM reaches every job: each saves its checkpoint, --resume continues.
+    """
+    to_train = sum(not is_finished(job) for job in jobs)
+    if args.jobs == 1 or to_train < 2 or jobs[0][3].type != "cpu" or world()[1] > 1:
+        return [train_on_threads(*job) for job in jobs]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
+    with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=context, initializer=ignore_signals) as pool, \
+            forward_signals():
+        futures = [pool.submit(train_on_threads, *job) for job in jobs]
+        return [f.result() for f in futures]
+
+
+def is_finished(job):
+    """Whether a finished run of this train_drawer job is in its checkpoint (so it will be reused)."""
+    kind, data, args, _, path = job
+    return load_finished(path, drawer_config(kind, args, data)) is not None
+
+
+def train_on_threads(kind, data, args, device, path):
+    with threads(args.threads):
+        return train_drawer(kind, data, args, device, path)
+
+
+def ignore_signals():
+    """In a pool worker: SIGINT and SIGTERM stop a training (fit checkpoints, then stops), never an idle worker,
+    whose death would break the pool."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def forward_signals():
+    """While the block runs, pass SIGINT and SIGTERM on to the child processes (they checkpoint and stop)."""
+    def forward(signum, frame):
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)
+
+    before = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+# The MSE drawer's ablation: from the homework's LSTM to this script's defaults, one change per row (each
+# row keeps the changes above it). `python p5_draw.py --ablation` trains every row for --ablation-epochs.
+ABLATION = [
+    ("homework", "the homework's LSTM: 2 x 64 units and a linear head (batch 64, lr 3e-3, 30 epochs)",
+     {"hidden": 64, "layers": 2, "head_hidden": 0, "position": False, "neighbours": False,
+      "batch_size": 64, "lr": 3e-3, "epochs": 30}),
+    ("position", "+ each patch's position (one-hot of 16) in the LSTM's input", {"position": True}),
+    ("one_layer_128", "one layer of 128 units instead of 2 x 64", {"hidden": 128, "layers": 1}),
+    ("mlp_head", "a head with a hidden layer (256 ReLU) instead of a linear one", {"head_hidden": 256}),
+    ("neighbours", "+ the next patch's left, above and above-right neighbours in the head's input",
+     {"neighbours": True}),
+]
+
+
+def ablation_jobs(args, data, device):
+    """(name, change, config, train_drawer job) of each ABLATION row, each trained for --ablation-epochs."""
+    rows, changes = [], {}
+    for name, change, overrides in ABLATION:
+        changes.update(overrides)
+        row_args = argparse.Namespace(**{**vars(args), **changes, "epochs": args.ablation_epochs})
+        path = args.ckpt_dir / f"p5_ablation_{name}_seed{args.seed}.pt"
+        rows.append((name, change, drawer_config("mse", row_args, data), ("mse", data, row_args, device, path)))
+    final = argparse.Namespace(**{**vars(args), "epochs": args.ablation_epochs})
+    if rows[-1][2] != drawer_config("mse", final, data):
+        raise UserError("--ablation ends at the default MSE drawer; run it without changing the MSE drawer's flags")
+    return rows
+
+
+def ablation_table(rows, histories):
+    """The ablation's rows: the best validation MSE of each, and its change from the row above."""
+    table = []
+    for (name, change, config, _), history in zip(rows, histories):
+        best = min(history, key=lambda r: r["val_mse"])
+        table.append({"name": name, "change": change, "val_mse": best["val_mse"],
+                      "val_mse_change": None if not table else best["val_mse"] - table[-1]["val_mse"],
+                      "best_epoch": best["epoch"], "epochs_trained": len(history),
+                      "train_seconds": sum(r["train_seconds"] for r in history),
+                      "params": sum(p.numel() for p in make_drawer(config).parameters()),
+                      "config": config})
+    return table
 
 
 @contextlib.contextmanager
 def threads(n):
     """Run the block on `n` CPU threads (0: leave torch's default), then restore the previous count.
 
-    A 64-unit LSTM does many tiny matrix products; splitting each over 2 threads costs more than it
+    A small LSTM does many small matrix products; splitting each over 2 threads costs more than it
     saves, and on a busy machine the threads wait for each other (measured on the shared 2-core
     machine, other jobs running: 1 thread 8-36 ms a step, 2 threads 20-30x slower).
     """
@@ -236,79 +545,153 @@ def threads(n):
         torch.set_num_threads(before)
 
 
+# ----------------------------------------------------------------------------- main
+
 def main(argv=None):
+    t_start = time.time()
     args = get_args(argv)
     resolve_dirs(args, "p5")
     device = init_distributed(pick_device(args.device))
     classifier, classifier_config = load_baseline(args.ckpt_dir, 0)  # first: fail before training, not after
     classifier = classifier.to(device)
-    data = load_mnist(dry_run=args.dry_run)  # --dry-run: a few batches, the real model and code path
+    data = load_mnist(dry_run=args.dry_run)  # --dry-run: a few batches, the real models and the real code path
     if args.dry_run:
-        args.epochs = 1
+        args.epochs = args.sampler_epochs = args.ablation_epochs = 1
     examples = pick_examples(data["test"][1], args.per_class, args.examples_seed)  # the figures' test images
-    t_start = time.time()
+    seconds = {"setup": time.time() - t_start}
 
-    with threads(args.threads):  # then all cores again: the nearest-neighbour products are large
-        model, history, config = train_lstm(data, args, device)
-    seconds_train = time.time() - t_start
+    # 1. both drawers (and with --ablation the MSE drawer's variants), trained side by side, or reused
+    t0 = time.time()
+    paths = {kind: args.ckpt_dir / f"p5_{kind}_seed{args.seed}.pt" for kind in ("mse", "sampler")}
+    jobs = [(kind, data, args, device, path) for kind, path in paths.items()]
+    ablation_rows = ablation_jobs(args, data, device) if args.ablation else []
+    jobs += [row[3] for row in ablation_rows]
+    trained_now = not all(is_finished(job) for job in jobs)
+    (history, config), (sampler_history, sampler_config), *ablation_runs = train_drawers(jobs, args)
+    mse_model = load_drawer(paths["mse"], config, device)
+    sampler = load_drawer(paths["sampler"], sampler_config, device)
+    seconds["train"] = time.time() - t0
+    if args.ablation:
+        save_json(args.out / "ablation.json", {"epochs": args.ablation_epochs, "config": config,
+                                               "rows": ablation_table(ablation_rows, [h for h, _ in ablation_runs])})
 
+    # 2. teacher-forced scores on the test set
+    t0 = time.time()
     test_x, test_y = data["test"]
     test = to_patches(test_x).to(device)  # (10000, 16, 49)
-    tf_test = evaluate(model, TensorDataset(test), teacher_forced_metrics, device=device)["mse"]
-    tf_test_per_patch = per_patch_mse(model, test)
+    tf_test = evaluate(mse_model, TensorDataset(test), teacher_forced_metrics, device=device)["mse"]
+    tf_test_per_patch = per_patch_mse(mse_model, test)
+    sampler_test = evaluate(sampler, TensorDataset(test), likelihood_metrics, device=device)
     if not is_main():
         return
 
-    # every completion of the whole test set; the figures' 100 are a subset
-    t0 = time.time()
+    # 3. every completion of the whole test set (the figures' are a subset): the MSE drawer's, `samples`
+    # samples per image from the sampling drawer (a fixed generator: the same seed, the same drawings), the references
     train = to_patches(data["train"][0]).to(device)
-    test_y = test_y.to(device)
-    completed = {"lstm": draw(model, test),
-                 "nearest_neighbour": nearest_bottoms(train, test)[0],
-                 "mean_bottom": mean_bottoms(train, test)}
-    seconds_draw = time.time() - t0
-    examples = examples.to(device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    sample = functools.partial(sample_patch, generator=generator)
+    completed = {"lstm": draw(mse_model, test)[None],
+                 "sampler": torch.stack([draw(sampler, test, next_patch=sample) for _ in range(args.samples)]),
+                 "nearest_neighbour": nearest_bottoms(train, test)[0][None],
+                 "mean_bottom": mean_bottoms(train, test)[None]}
+    neighbour_labels = data["train"][1].to(device)[nearest_tops(train, test, k=20)]  # (10000, 20)
+    seconds["draw"] = time.time() - t0
+
+    # 4. scores: the whole test set and the figures' examples
+    t0 = time.time()
+    examples, test_y = examples.to(device), test_y.to(device)
     drawing = {"test": {}, "examples": {}}
     predicted = {}
-    for name, seqs in [("original", test)] + list(completed.items()):
+    for name, seqs in [("original", test[None])] + list(completed.items()):
         drawing["test"][name], predicted[name] = score(seqs, test, test_y, classifier)
-        drawing["examples"][name], _ = score(seqs[examples], test[examples], test_y[examples], classifier)
-    changed = predicted["lstm"] != test_y
+        drawing["examples"][name], _ = score(seqs[:, examples], test[examples], test_y[examples], classifier)
+    ambiguous, votes = pick_ambiguous(neighbour_labels, args.ambiguous)
+    seconds["score"] = time.time() - t0
+
+    # 5. figures, then metrics.json
+    t0 = time.time()
+    n_show = min(8, args.samples)  # samples shown per ambiguous top half
+    changed = {k: predicted[k][0] != test_y for k in ("lstm", "sampler")}  # the first sample stands for the sampler
+    ambiguous_info = {
+        "indices": ambiguous.tolist(), "labels": test_y[ambiguous].tolist(),
+        "neighbour_votes": votes.tolist(),  # labels of the 20 nearest training top halves, counted per class
+        "lstm_predicted": predicted["lstm"][0, ambiguous].tolist(),
+        "sampler_predicted": predicted["sampler"][:n_show, ambiguous].T.tolist(),  # (count, n_show)
+        "sampler_classes_per_image": [len(set(p)) for p in predicted["sampler"][:n_show, ambiguous].T.tolist()]}
+    shown = {k: from_patches(v[0, examples]).cpu() for k, v in [("original", test[None])] + list(completed.items())}
+    make_figures(shown, {k: v[examples].cpu() for k, v in changed.items()}, drawing["examples"], history,
+                 sampler_history, tf_test_per_patch.cpu(), args.per_class, args.out)
+    ambiguous_figure(test[ambiguous].cpu(), completed["lstm"][0, ambiguous].cpu(),
+                     completed["sampler"][:n_show, ambiguous].cpu(), ambiguous_info, args.out / "ambiguous.png")
+    seconds["figures"] = time.time() - t0
 
     best = min(history, key=lambda r: r["val_mse"])
-    lstm_test, lstm_ex = drawing["test"]["lstm"], drawing["examples"]["lstm"]
+    sampler_best = min(sampler_history, key=lambda r: r["val_nll"])
+    lstm, samples, original = (drawing["test"][k] for k in ("lstm", "sampler", "original"))
+    ablation_file = args.out / "ablation.json"
+    ablation = json.loads(ablation_file.read_text()) if ablation_file.exists() else None
+    if ablation is not None and ablation["config"] != config:
+        print(f"[p5] {ablation_file} was made for other settings: left out of metrics.json (run --ablation again)")
+        ablation = None
+    wall = time.time() - t_start
+
     metrics = {
+        # the MSE drawer (the homework's): teacher-forced MSE per pixel, training
         "teacher_forced_mse": {"val": best["val_mse"], "test": tf_test},
         "best_epoch": best["epoch"], "epochs_trained": len(history),
-        "drawing": drawing,
         "teacher_forced_test_mse_per_patch": tf_test_per_patch.tolist(),  # targets: patches 2..16
-        "goals": {"teacher_forced_test_mse": goal(tf_test, at_most=0.025),
-                  "class_kept": goal(min(lstm_test["class_kept"], lstm_ex["class_kept"]), at_least=0.9),
-                  # below both references on the same images: the LSTM's MSE over the better reference's, worst split
-                  "lstm_mse_over_best_reference": goal(max(
-                      scores["lstm"]["bottom_mse"] / min(scores["nearest_neighbour"]["bottom_mse"],
-                                                         scores["mean_bottom"]["bottom_mse"])
-                      for scores in (drawing["test"], drawing["examples"])), below=1.0)},
-        "class_kept_per_digit": {str(c): (~changed[test_y == c]).double().mean().item() for c in range(10)},
+        "params": sum(p.numel() for p in mse_model.parameters()),
+        "history": history, "config": config,
+        # the sampling drawer: teacher-forced NLL (nats per patch) and the MSE per pixel of its mixture's mean
+        "sampler": {"teacher_forced": {"val_nll": sampler_best["val_nll"], "test_nll": sampler_test["nll"],
+                                       "val_mse_of_mean": sampler_best["val_mse"],
+                                       "test_mse_of_mean": sampler_test["mse"]},
+                    "best_epoch": sampler_best["epoch"], "epochs_trained": len(sampler_history),
+                    "params": sum(p.numel() for p in sampler.parameters()),
+                    "samples_per_image": args.samples, "history": sampler_history, "config": sampler_config},
+        # completions, whole test set and the figures' examples: "lstm" is the MSE drawer, "sampler" the sampling
+        # drawer (k = args.samples samples per image), then the references and the originals themselves
+        "drawing": drawing,
+        "goals": {
+            "teacher_forced_test_mse": goal(tf_test, at_most=0.025),
+            "mse_drawer_class_kept": goal(lstm["class_kept"], at_least=0.94),
+            "sampler_class_kept": goal(samples["class_kept"], at_least=0.90),
+            "sampler_best_of_k_below_mse_drawer": goal(samples["best_of_k_bottom_mse"], below=lstm["bottom_mse"],
+                                                       compared_with="the MSE drawer's bottom-half MSE"),
+            # distance of the samples' sharpness from the originals', below the MSE drawer's distance
+            "sampler_sharpness_closer_to_originals": goal(
+                abs(samples["sharpness"] - original["sharpness"]),
+                below=abs(lstm["sharpness"] - original["sharpness"]),
+                measure="|sharpness - the originals' sharpness|", compared_with="the MSE drawer's"),
+            # below both references on the same images: the LSTM's MSE over the better reference's, worst split
+            "lstm_mse_over_best_reference": goal(max(
+                s["lstm"]["bottom_mse"] / min(s["nearest_neighbour"]["bottom_mse"], s["mean_bottom"]["bottom_mse"])
+                for s in drawing.values()), below=1.0)},
+        # P5's share of the main job; measured only by a run that trains both drawers (a re-run reuses them)
+        "budget": goal(wall, at_most=180, what="wall seconds of a run that trains both drawers")
+                  if trained_now and not args.ablation else None,
+        "class_kept_per_digit": {str(c): (~changed["lstm"][test_y == c]).double().mean().item() for c in range(10)},
+        "sampler_class_kept_per_digit": {  # over all samples
+            str(c): (predicted["sampler"][:, test_y == c] == c).double().mean().item() for c in range(10)},
         "examples": {"indices": examples.tolist(), "labels": test_y[examples].tolist(),
-                     "lstm_predicted": predicted["lstm"][examples].tolist()},
-        "params": sum(p.numel() for p in model.parameters()),
-        "figures": {name: f"{name}.png" for name in ("side_by_side", "completions", "originals", "learning_curve",
-                                                      "mse_per_patch")},
-        "history": history, "config": config, "classifier_config": classifier_config,
-        "device": str(device), "train_threads": args.threads or torch.get_num_threads(), "dry_run": args.dry_run,
-        "seconds": {"train": seconds_train, "draw_and_references": seconds_draw},
-        "wall_seconds": time.time() - t_start}
+                     "lstm_predicted": predicted["lstm"][0, examples].tolist(),
+                     "sampler_predicted": predicted["sampler"][0, examples].tolist()},
+        "ambiguous": ambiguous_info,
+        "ablation": ablation,  # ablation.json, written by `python p5_draw.py --ablation`; None before that ran
+        "figures": {name: f"{name}.png" for name in (  # beside metrics.json
+            "side_by_side", "completions", "samples", "ambiguous", "originals", "learning_curve", "mse_per_patch")},
+        "classifier_config": classifier_config,
+        "device": str(device), "train_threads": args.threads or torch.get_num_threads(), "jobs": args.jobs,
+        "dry_run": args.dry_run, "trained_in_this_run": trained_now,
+        "seconds": seconds,
+        "wall_seconds": wall}
     save_json(args.out / "metrics.json", metrics)
     save_config(args.out / "config.json", args, classifier_config=classifier_config)
-    make_figures({k: from_patches(v[examples]).cpu() for k, v in [("original", test)] + list(completed.items())},
-                 changed[examples].cpu(), drawing["examples"], history, tf_test_per_patch.cpu(), args.per_class,
-                 args.out)
-    print(f"[p5] teacher-forced test MSE {tf_test:.4f}; drawn bottom-half MSE: LSTM {lstm_test['bottom_mse']:.4f}, "
-          f"nearest neighbour {drawing['test']['nearest_neighbour']['bottom_mse']:.4f}, "
-          f"mean {drawing['test']['mean_bottom']['bottom_mse']:.4f}; class kept by the LSTM "
-          f"{lstm_test['class_kept']:.3f} (test), {lstm_ex['class_kept']:.2f} (the {len(examples)}); "
-          f"wrote {args.out}/metrics.json")
+    print(f"[p5] MSE drawer: teacher-forced test MSE {tf_test:.4f}, bottom-half MSE {lstm['bottom_mse']:.4f}, "
+          f"class kept {lstm['class_kept']:.3f}; sampling drawer ({args.samples} samples): best-of-{args.samples} "
+          f"bottom-half MSE {samples['best_of_k_bottom_mse']:.4f}, class kept {samples['class_kept']:.3f}, "
+          f"sharpness {samples['sharpness']:.3f} (originals {original['sharpness']:.3f}, MSE drawer "
+          f"{lstm['sharpness']:.3f}); {wall:.0f} s; wrote {args.out}/metrics.json")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -329,16 +712,19 @@ def save_grid(grid, path):
         save_image(grid, tmp, format="png")
 
 
-def make_figures(images, changed, scores, history, mse_per_patch, per_class, out):
-    """images: {'original', 'lstm', 'nearest_neighbour', 'mean_bottom'} -> (100, 28, 28) in [0, 1]."""
-    save_grid(framed_grid(images["lstm"], per_class, changed), out / "completions.png")
+def make_figures(images, changed, scores, history, sampler_history, mse_per_patch, per_class, out):
+    """images: {'original', 'lstm', 'sampler', 'nearest_neighbour', 'mean_bottom'} -> (100, 28, 28) in [0, 1];
+    changed: {'lstm', 'sampler'} -> (100,) bool, the completions whose class the classifier changed."""
+    save_grid(framed_grid(images["lstm"], per_class, changed["lstm"]), out / "completions.png")
+    save_grid(framed_grid(images["sampler"], per_class, changed["sampler"]), out / "samples.png")
     save_grid(framed_grid(images["original"], per_class), out / "originals.png")
 
-    panels = [("original", "originals", None), ("lstm", "LSTM completions", changed),
-              ("nearest_neighbour", "nearest-neighbour bottom", None), ("mean_bottom", "mean bottom", None)]
+    panels = [("original", "originals"), ("lstm", "MSE drawer"), ("sampler", "sampling drawer (1 sample)"),
+              ("nearest_neighbour", "nearest-neighbour bottom"), ("mean_bottom", "mean bottom")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.8))
-    for ax, (key, title, marks) in zip(axes, panels):
-        ax.imshow(framed_grid(images[key], per_class, marks).permute(1, 2, 0).numpy(), interpolation="nearest")
+    for ax, (key, title) in zip(axes, panels):
+        ax.imshow(framed_grid(images[key], per_class, changed.get(key)).permute(1, 2, 0).numpy(),
+                  interpolation="nearest")
         s = scores[key]
         detail = (f"class kept {100 * s['class_kept']:.0f}%" if key == "original" else
                   f"bottom MSE {s['bottom_mse']:.4f}, class kept {100 * s['class_kept']:.0f}%")
@@ -348,15 +734,18 @@ def make_figures(images, changed, scores, history, mse_per_patch, per_class, out
                  fontsize=11)
     save_figure(fig, out / "side_by_side.png")
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train (teacher forced)")
-    ax.plot(epochs, [r["val_mse"] for r in history], marker="o", label="validation (teacher forced)")
-    best = min(history, key=lambda r: r["val_mse"])
-    ax.axvline(best["epoch"], color="k", ls=":", lw=1, label=f"kept: epoch {best['epoch']}")
-    ax.set(xlabel="epoch", ylabel="MSE per pixel", title="P5: next-patch MSE while training")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a, hist, key, name in [(ax, history, "val_mse", "MSE drawer: MSE per pixel"),
+                               (ax2, sampler_history, "val_nll", "sampling drawer: NLL, nats per patch")]:
+        epochs = [r["epoch"] for r in hist]
+        a.plot(epochs, [r["train_loss"] for r in hist], marker="o", label="train (teacher forced)")
+        a.plot(epochs, [r[key] for r in hist], marker="o", label="validation (teacher forced)")
+        best = min(hist, key=lambda r: r[key])
+        a.axvline(best["epoch"], color="k", ls=":", lw=1, label=f"kept: epoch {best['epoch']}")
+        a.set(xlabel="epoch", title=name)
+        a.legend()
+        a.grid(alpha=0.3)
+    fig.suptitle("P5: training the two drawers", fontsize=11)
     save_figure(fig, out / "learning_curve.png")
 
     fig, ax = plt.subplots(figsize=(4.6, 4))
@@ -368,6 +757,24 @@ def make_figures(images, changed, scores, history, mse_per_patch, per_class, out
     ax.set(xticks=[], yticks=[], title="P5: teacher-forced test MSE per pixel\nof each predicted 7x7 patch")
     fig.colorbar(shown, ax=ax, fraction=0.046)
     save_figure(fig, out / "mse_per_patch.png")
+
+
+def ambiguous_figure(original, lstm, samples, info, path):
+    """A row per ambiguous top half: the original, the MSE drawer's completion, then the samples; each titled
+    with the classifier's label. original, lstm: (count, 16, 49); samples: (shown, count, 16, 49)."""
+    count, shown = len(original), len(samples)
+    fig, axes = plt.subplots(count, shown + 2, figsize=(1.1 * (shown + 2), 1.25 * count), squeeze=False)
+    for i in range(count):
+        row = [(original[i], f"original {info['labels'][i]}"), (lstm[i], f"MSE: {info['lstm_predicted'][i]}")]
+        row += [(samples[s, i], str(info["sampler_predicted"][i][s])) for s in range(shown)]
+        for ax, (seq, title) in zip(axes[i], row):
+            ax.imshow(from_patches(seq[None])[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.axhline(13.5, color="tab:blue", lw=0.6)  # below the line: drawn
+            ax.set_title(title, fontsize=7, pad=2)
+            ax.axis("off")
+    fig.suptitle("P5: ambiguous top halves (nearest training top halves disagree on the label); "
+                 "the MSE drawer's completion, then samples, each titled with P1's classifier label", fontsize=8)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Problem 5: patches round trip, the drawing loop (top half kept, predictions fed back), references, the script."""
+import functools
+
 import pytest
 import torch
 
 import p5_draw
 from common.data import load_mnist
-from p5_draw import PatchLSTM, draw, from_patches, mean_bottoms, nearest_bottoms, to_patches
+from p5_draw import (MixtureLSTM, PatchLSTM, draw, from_patches, mean_bottoms, mixture_nll, nearest_bottoms,
+                     neighbours, sample_patch, to_patches, with_position)
 from conftest import assert_clean_error, read_json, run_script
 
 
@@ -80,10 +83,11 @@ def test_drawing_keeps_the_top_half_and_feeds_predictions_back():
     assert torch.equal(draw(stub, torch.cat([x[:, :8], torch.full((3, 8, 49), 9.0)], 1)), completed)
 
 
-def test_drawn_patches_are_what_teacher_forcing_on_the_completion_predicts():
-    """The state is carried correctly: one step at a time equals one pass over the completed sequence."""
+@pytest.mark.parametrize("position, neighbours", [(True, True), (False, False), (True, False)])
+def test_drawn_patches_are_what_teacher_forcing_on_the_completion_predicts(position, neighbours):
+    """The state (LSTM, last patches, position) is carried: one step at a time equals one pass over the completion."""
     torch.manual_seed(0)
-    model = PatchLSTM(hidden=16, layers=2).double().eval()
+    model = PatchLSTM(hidden=16, layers=2, position=position, head_hidden=8, neighbours=neighbours).double().eval()
     x = torch.rand(5, 16, 49, dtype=torch.float64)
     completed = draw(model, x)
     with torch.no_grad():
@@ -96,9 +100,52 @@ def test_drawn_patches_are_what_teacher_forcing_on_the_completion_predicts():
 
 def test_model_shapes_and_bounded_output():
     model = PatchLSTM(hidden=8, layers=2)
-    y, (h, c) = model(100 * torch.randn(4, 15, 49))
+    x = 100 * torch.randn(4, 15, 49)
+    y, ((h, c), last, count) = model(x)
     assert y.shape == (4, 15, 49) and h.shape == c.shape == (2, 4, 8)
+    assert torch.equal(last, x[:, -3:]) and count == 15
     assert y.min() >= 0 and y.max() <= 1
+    (log_w, logits), ((h, c), _, _) = MixtureLSTM(hidden=8, layers=1, components=3)(torch.rand(4, 15, 49))
+    assert log_w.shape == (4, 15, 3) and logits.shape == (4, 15, 3, 49) and h.shape == (1, 4, 8)
+    torch.testing.assert_close(log_w.exp().sum(-1), torch.ones(4, 15))
+
+
+def test_position_input_is_the_one_hot_of_each_patch_index():
+    x = torch.rand(2, 3, 49)
+    z = with_position(x, start=5)
+    assert z.shape == (2, 3, 49 + 16) and torch.equal(z[..., :49], x)
+    assert torch.equal(z[0, :, 49:], torch.eye(16)[5:8])
+    with pytest.raises(ValueError, match="do not fit"):
+        with_position(x, start=14)
+
+
+def test_neighbours_of_the_next_patch_match_the_image_layout():
+    """Oracle: next patch q = t + 1 at (row, col) = divmod(q, 4); above is (row - 1, col), above-right
+    (row - 1, col + 1), zeros where they fall outside the image. Also from any start, given the 3 patches before."""
+    x = torch.rand(2, 16, 49, dtype=torch.float64)
+    padded = torch.cat([torch.zeros(2, 3, 49, dtype=torch.float64), x], dim=1)
+    for start in range(15):
+        got = neighbours(x[:, start:15], padded[:, start:start + 3], start)  # for reading patches start..14
+        for j, t in enumerate(range(start, 15)):
+            row, col = divmod(t + 1, 4)
+            above = x[:, 4 * (row - 1) + col] if row > 0 else torch.zeros(2, 49, dtype=torch.float64)
+            right = x[:, 4 * (row - 1) + col + 1] if row > 0 and col < 3 else torch.zeros(2, 49, dtype=torch.float64)
+            assert torch.equal(got[:, j], torch.cat([above, right], 1)), (start, t)
+
+
+def test_the_head_sees_the_neighbours_only_when_asked():
+    torch.manual_seed(0)
+    x = torch.rand(3, 16, 49)
+    changed = x.clone()
+    changed[:, 5] += 1  # patch 5 is above patch 9: the prediction of 9, made while reading patch 8, sees it
+    for neighbours_on in (True, False):
+        model = PatchLSTM(hidden=8, neighbours=neighbours_on).eval()
+        with torch.no_grad():
+            # from patch 8 on, the LSTM state is the same in both; only the head's input differs
+            _, state = model(x[:, :8])
+            y, _ = model(x[:, 8:9], state)
+            y2, _ = model(x[:, 8:9], (state[0], changed[:, 5:8], 8))
+        assert torch.equal(y, y2) != neighbours_on
 
 
 def test_teacher_forcing_compares_outputs_with_the_next_patch():
@@ -109,6 +156,78 @@ def test_teacher_forcing_compares_outputs_with_the_next_patch():
     torch.testing.assert_close(loss, ((x[:, :-1] + 1 - x[:, 1:]) ** 2).mean())
     per_image = p5_draw.teacher_forced_metrics(stub, (x,))["mse"]
     torch.testing.assert_close(per_image.mean(), loss)
+
+
+# ----------------------------------------------------------------------------- the sampling drawer
+
+def logit(p):
+    p = torch.tensor(p, dtype=torch.float64)
+    return torch.log(p / (1 - p))
+
+
+def test_mixture_likelihood_by_hand():
+    """Two components of two pixels: w = (0.25, 0.75), p_1 = (0.5, 0.9), p_2 = (0.2, 0.4)."""
+    log_w = torch.tensor([0.25, 0.75], dtype=torch.float64).log()
+    logits = torch.stack([logit([0.5, 0.9]), logit([0.2, 0.4])])
+    x = torch.tensor([[1.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    # x = (1, 0):   0.25 * 0.5 * (1 - 0.9) + 0.75 * 0.2 * (1 - 0.4)               = 0.0125 + 0.09 = 0.1025
+    # x = (0.5, 1): 0.25 * 0.5^0.5 0.5^0.5 * 0.9 + 0.75 * 0.2^0.5 0.8^0.5 * 0.4 = 0.1125 + 0.12 = 0.2325
+    nll = mixture_nll(log_w.expand(2, 2), logits.expand(2, 2, 2), x)  # the same mixture for both patches
+    torch.testing.assert_close(nll, -torch.tensor([0.1025, 0.2325], dtype=torch.float64).log(), rtol=1e-12, atol=0)
+
+
+def test_mixture_is_a_distribution_over_binary_patches():
+    g = torch.Generator().manual_seed(4)
+    log_w = torch.randn(5, generator=g, dtype=torch.float64).log_softmax(0)
+    logits = 3 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    patches = torch.tensor([[(i >> j) & 1 for j in range(3)] for i in range(8)], dtype=torch.float64)  # all 8
+    total = (-mixture_nll(log_w.expand(8, 5), logits.expand(8, 5, 3), patches)).exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_likelihood_loss_is_the_mean_nll_of_the_next_patches():
+    torch.manual_seed(0)
+    model = MixtureLSTM(hidden=8, head_hidden=8, components=3).double()
+    x = torch.rand(4, 16, 49, dtype=torch.float64)
+    (log_w, logits), _ = model(x[:, :-1])
+    expected = torch.stack([mixture_nll(log_w[:, t], logits[:, t], x[:, t + 1]) for t in range(15)]).mean()
+    torch.testing.assert_close(p5_draw.likelihood_loss(model, (x,)), expected)
+    metrics = p5_draw.likelihood_metrics(model, (x,))
+    torch.testing.assert_close(metrics["nll"].mean(), expected)
+    mean = (log_w.exp()[..., None] * torch.sigmoid(logits)).sum(2)
+    torch.testing.assert_close(metrics["mse"], ((mean - x[:, 1:]) ** 2).mean((1, 2)))
+
+
+def test_sampling_picks_components_by_their_weights():
+    logits = torch.stack([torch.full((49,), -30.0), torch.full((49,), 30.0)])  # component 0 all 0, 1 all 1
+    log_w = torch.tensor([0.8, 0.2]).log()
+    params = (log_w.expand(20000, 1, 2), logits.expand(20000, 1, 2, 49))
+    patch = sample_patch(params, torch.Generator().manual_seed(0))
+    assert patch.shape == (20000, 1, 49)
+    assert torch.equal(patch, patch[:, :, :1].expand(-1, -1, 49))  # one component for the whole patch
+    assert abs(patch.mean().item() - 0.2) < 0.01  # 4 standard errors
+    assert torch.equal(patch, sample_patch(params, torch.Generator().manual_seed(0)))
+
+
+def test_sampled_drawing_is_reproducible_and_follows_teacher_forcing():
+    """Shapes and ranges; the same seed draws the same; each drawn patch is one of the components that one
+    teacher-forced pass over the completed sequence gives at that step."""
+    torch.manual_seed(0)
+    model = MixtureLSTM(hidden=16, layers=2, head_hidden=8, components=4).double().eval()
+    x = torch.rand(6, 16, 49, dtype=torch.float64)
+
+    def sampled(seed):
+        return draw(model, x, next_patch=functools.partial(sample_patch, generator=torch.Generator().manual_seed(seed)))
+
+    completed = sampled(1)
+    assert completed.shape == (6, 16, 49) and torch.equal(completed[:, :8], x[:, :8])
+    assert completed.min() >= 0 and completed.max() <= 1
+    assert torch.equal(completed, sampled(1)) and not torch.equal(completed, sampled(2))
+    with torch.no_grad():
+        (_, logits), _ = model(completed[:, :-1])
+    components = torch.sigmoid(logits[:, 7:])                           # (6, 8, K, 49): the choices at steps 8..15
+    distance = (components - completed[:, 8:, None]).abs().amax(-1)     # (6, 8, K)
+    assert distance.min(-1).values.max() < 1e-12
 
 
 # ----------------------------------------------------------------------------- references and scores
@@ -133,23 +252,57 @@ def test_mean_bottom_reference():
     torch.testing.assert_close(completed[:, 8:], train[:, 8:].mean(0).expand(4, -1, -1))
 
 
-def test_score_counts_the_bottom_half_and_the_true_class():
-    original = torch.zeros(4, 16, 49)
-    completed = original.clone()
-    completed[:, :8] = 0.7      # the top halves differ too: the score must not count them
-    completed[0, 8:] = 0.5      # image 0: every bottom pixel off by 0.5
-    completed[1, 15, :7] = 1.0  # image 1: 7 pixels off by 1, the first row of the bottom-right patch: image row 21
+def classify_by_brightest_of_ten(images):
+    """A stand-in classifier: "class = index of the brightest of the first 10 pixels"."""
+    return images.flatten(1)[:, :10]
+
+
+def test_score_of_the_originals_themselves():
+    x = torch.rand(10, 16, 49)
+    labels = torch.arange(10)
+    predicted_ok = p5_draw.predict(classify_by_brightest_of_ten, from_patches(x))
+    s, predicted = p5_draw.score(x[None], x, labels, classify_by_brightest_of_ten)
+    assert s["bottom_mse"] == 0.0 and s["best_of_k_bottom_mse"] == 0.0 and s["k"] == 1
+    assert torch.equal(predicted, predicted_ok[None])
+    assert s["class_kept"] == pytest.approx((predicted_ok == labels).double().mean().item())
+    assert s["ink"] == pytest.approx(x[:, 8:].mean().item())
+
+
+def test_score_of_several_samples_against_an_oracle():
+    g = torch.Generator().manual_seed(5)
+    original = torch.rand(4, 16, 49, generator=g, dtype=torch.float64)
+    samples = torch.rand(3, 4, 16, 49, generator=g, dtype=torch.float64)
+    samples[:, :, :8] = original[:, :8]
+    samples[2, 1] = original[1]  # image 1's third sample is perfect
     labels = torch.tensor([3, 1, 4, 1])
+    s, predicted = p5_draw.score(samples, original, labels, classify_by_brightest_of_ten)
+    mse = [[((samples[i, n, 8:] - original[n, 8:]) ** 2).mean().item() for n in range(4)] for i in range(3)]
+    assert s["k"] == 3 and mse[2][1] == 0
+    assert s["bottom_mse"] == pytest.approx(sum(map(sum, mse)) / 12, rel=1e-12)
+    assert s["best_of_k_bottom_mse"] == pytest.approx(sum(min(m[n] for m in mse) for n in range(4)) / 4, rel=1e-12)
+    assert predicted.shape == (3, 4)
+    assert s["class_kept"] == pytest.approx((predicted == labels).double().mean().item())
 
-    def classifier(images):  # logits for class 1 if pixel (21, 27) is bright, else for class 3
-        logits, bright = torch.zeros(len(images), 10), images[:, 21, 27] > 0.6
-        logits[bright, 1] = logits[~bright, 3] = 1.0
-        return logits
 
-    s, predicted = p5_draw.score(completed, original, labels, classifier)
-    assert s["bottom_mse"] == pytest.approx((8 * 49 * 0.5 ** 2 + 7 * 1.0 ** 2) / (4 * 8 * 49), rel=1e-6)
-    assert predicted.tolist() == [3, 1, 3, 3]
-    assert s["class_kept"] == 0.5  # images 0 and 1 keep their labels, 2 and 3 do not
+def test_sharpness_is_the_share_of_pixels_near_zero_or_one():
+    assert p5_draw.sharpness(torch.tensor([0.0, 0.05, 0.08, 0.5, 0.93, 0.95, 1.0, 0.3])) == 6 / 8
+    assert p5_draw.sharpness(torch.full((7,), 0.5)) == 0.0
+
+
+def test_ambiguous_top_halves_are_those_whose_neighbours_disagree():
+    neighbour_labels = torch.tensor([[3, 3, 3, 3], [3, 8, 3, 8], [7, 7, 9, 7], [1, 2, 4, 5], [0, 0, 0, 6]])
+    index, votes = p5_draw.pick_ambiguous(neighbour_labels, 3)
+    assert index.tolist() == [3, 1, 2]  # majorities 1/4, 2/4, 3/4 (3/4 ties: the lower index)
+    assert votes[1].tolist() == [0, 0, 0, 2, 0, 0, 0, 0, 2, 0]
+
+
+def test_k_nearest_top_halves_match_brute_force():
+    g = torch.Generator().manual_seed(6)
+    train = torch.rand(40, 16, 49, generator=g, dtype=torch.float64)
+    query = torch.rand(5, 16, 49, generator=g, dtype=torch.float64)
+    index = p5_draw.nearest_tops(train, query, k=4, chunk=2)
+    oracle = torch.stack([((train[:, :8] - q[:8]) ** 2).sum((1, 2)).argsort()[:4] for q in query])
+    assert torch.equal(index, oracle)
 
 
 def test_examples_are_per_class_distinct_and_repeatable():
@@ -173,6 +326,19 @@ def test_changed_completions_get_a_red_frame():
     assert torch.equal(grid[:, 10, 10], black)  # inside a frame: the image itself
 
 
+def test_each_drawer_trains_for_its_own_epochs(tmp_path):
+    """--epochs is the MSE drawer's, --sampler-epochs the sampling drawer's; the checkpoint's config says so."""
+    g = torch.Generator().manual_seed(7)
+    data = {k: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for k, n in (("train", 64), ("val", 32))}
+    args = p5_draw.get_args(["--epochs", "3", "--sampler-epochs", "2", "--hidden", "8", "--head-hidden", "8",
+                             "--components", "2", "--batch-size", "32", "--quiet"])
+    for kind, epochs in (("mse", 3), ("sampler", 2)):
+        history, config = p5_draw.train_drawer(kind, data, args, torch.device("cpu"), tmp_path / f"{kind}.pt")
+        assert len(history) == config["epochs"] == epochs
+        assert p5_draw.load_checkpoint(tmp_path / f"{kind}.pt")["scheduler"]["T_max"] == epochs * 2  # 2 batches
+
+
 # ----------------------------------------------------------------------------- the script
 
 @pytest.fixture
@@ -189,10 +355,17 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     m = read_json(out / "metrics.json")
-    assert m["dry_run"] is True and m["epochs_trained"] == 1
+    assert m["dry_run"] is True and m["epochs_trained"] == 1 and m["sampler"]["epochs_trained"] == 1
+    assert m["trained_in_this_run"] is True and m["ablation"] is None
     for where in ("test", "examples"):
-        assert set(m["drawing"][where]) == {"original", "lstm", "nearest_neighbour", "mean_bottom"}
+        assert set(m["drawing"][where]) == {"original", "lstm", "sampler", "nearest_neighbour", "mean_bottom"}
+        for s in m["drawing"][where].values():
+            assert 0 <= s["best_of_k_bottom_mse"] <= s["bottom_mse"] <= 1
+            assert 0 <= s["class_kept"] <= 1 and 0 <= s["sharpness"] <= 1 and 0 <= s["ink"] <= 1
         assert m["drawing"][where]["original"]["bottom_mse"] == 0
+        assert m["drawing"][where]["sampler"]["k"] == 10 and m["drawing"][where]["lstm"]["k"] == 1
+    for g in m["goals"].values():
+        assert {"measured", "met"} <= set(g) and isinstance(g["met"], bool)
     # the references against oracles in pixel space (the bottom half is image rows 14..27), without patches
     data = load_mnist(dry_run=True)
     (train_x, _), (test_x, test_y) = data["train"], data["test"]
@@ -207,27 +380,56 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
     assert (per_digit @ counts / counts.sum()).item() == pytest.approx(m["drawing"]["test"]["lstm"]["class_kept"])
     assert len(m["examples"]["indices"]) == 100
     assert m["examples"]["labels"] == [c for c in range(10) for _ in range(10)]
+    assert len(m["ambiguous"]["indices"]) == 10 and all(len(p) == 8 for p in m["ambiguous"]["sampler_predicted"])
     assert m["classifier_config"] == read_json(out / "config.json")["classifier_config"]
-    for name in ("completions.png", "originals.png", "side_by_side.png", "learning_curve.png"):
-        assert (out / name).stat().st_size > 0
-    assert (ckpt_with_baseline / "p5_lstm_seed0.pt").exists()
+    for path in m["figures"].values():  # beside metrics.json
+        assert (out / path).stat().st_size > 0
+    assert {p.name for p in out.glob("*.png")} == {f"{name}.png" for name in m["figures"]}
+    assert (ckpt_with_baseline / "p5_mse_seed0.pt").exists() and (ckpt_with_baseline / "p5_sampler_seed0.pt").exists()
 
-    # a finished checkpoint with the same config is reused, not retrained
+    # a finished checkpoint with the same config is reused, not retrained, and draws the same
     p5_draw.main(["--dry-run", "--out", str(tmp_path / "reused"), "--ckpt-dir", str(ckpt_with_baseline)])
-    assert "reusing the finished run" in capsys.readouterr().out
-    assert read_json(tmp_path / "reused" / "metrics.json")["drawing"] == m["drawing"]
+    printed = capsys.readouterr().out
+    assert "[p5 mse] reusing the finished run" in printed and "[p5 sampler] reusing the finished run" in printed
+    reused = read_json(tmp_path / "reused" / "metrics.json")
+    assert reused["drawing"] == m["drawing"] and reused["trained_in_this_run"] is False
+    assert reused["budget"] is None  # a re-run measures nothing about training time
 
 
-def test_same_seed_same_numbers(ckpt_with_baseline, tmp_path):
+def test_same_seed_same_numbers_side_by_side_or_one_after_the_other(ckpt_with_baseline, tmp_path):
+    """Two drawers trained in two processes (--jobs 2) equal the same run in one (--jobs 1), bit for bit."""
     runs = []
-    for name in ("a", "b"):
+    for name, jobs in (("a", "2"), ("b", "1")):
         ckpt = tmp_path / f"ckpt_{name}"
         ckpt.mkdir()
         (ckpt / "p1_baseline_seed0.pt").symlink_to(ckpt_with_baseline / "p1_baseline_seed0.pt")
-        p5_draw.main(["--dry-run", "--quiet", "--out", str(tmp_path / name), "--ckpt-dir", str(ckpt)])
+        p5_draw.main(["--dry-run", "--quiet", "--jobs", jobs, "--out", str(tmp_path / name), "--ckpt-dir", str(ckpt)])
         runs.append(read_json(tmp_path / name / "metrics.json"))
-    assert [r["val_mse"] for r in runs[0]["history"]] == [r["val_mse"] for r in runs[1]["history"]]
-    assert runs[0]["drawing"] == runs[1]["drawing"]
+    for key in ("val_mse", "train_loss"):
+        assert [r[key] for r in runs[0]["history"]] == [r[key] for r in runs[1]["history"]]
+    assert [r["val_nll"] for r in runs[0]["sampler"]["history"]] == [r["val_nll"] for r in runs[1]["sampler"]["history"]]
+    assert runs[0]["drawing"] == runs[1]["drawing"] and runs[0]["ambiguous"] == runs[1]["ambiguous"]
+
+
+def test_ablation_dry_run_ends_at_the_mse_drawer(ckpt_with_baseline, tmp_path):
+    out = tmp_path / "out"
+    p5_draw.main(["--dry-run", "--quiet", "--ablation", "--out", str(out), "--ckpt-dir", str(ckpt_with_baseline)])
+    m = read_json(out / "metrics.json")
+    ablation = read_json(out / "ablation.json")
+    assert m["ablation"] == ablation and m["budget"] is None
+    rows = ablation["rows"]
+    assert [r["name"] for r in rows] == [name for name, _, _ in p5_draw.ABLATION]
+    # the last row is the MSE drawer's settings; in a dry run both train one epoch, so they agree exactly
+    assert rows[-1]["config"] == m["config"] and rows[-1]["val_mse"] == m["teacher_forced_mse"]["val"]
+    first = rows[0]["config"]
+    assert (first["hidden"], first["layers"], first["head_hidden"], first["position"], first["neighbours"]) == (
+        64, 2, 0, False, False)
+    assert rows[0]["val_mse_change"] is None
+    for before, row in zip(rows, rows[1:]):
+        assert row["val_mse_change"] == pytest.approx(row["val_mse"] - before["val_mse"])
+    # other settings for the MSE drawer: its ablation is not this one, so it is left out
+    p5_draw.main(["--dry-run", "--quiet", "--hidden", "12", "--out", str(out), "--ckpt-dir", str(ckpt_with_baseline)])
+    assert read_json(out / "metrics.json")["ablation"] is None
 
 
 def test_missing_baseline_is_a_clean_error(tmp_path):
