@@ -72,9 +72,9 @@ def get_args(argv=None):
                    help="the heads also see the next patch's left, above and above-right neighbours")
     p.add_argument("--components", type=positive_int, default=8,
                    help="mixture components of the sampling drawer's next-patch distribution")
-    p.add_argument("--epochs", type=positive_int, default=30,
-                   help="most training epochs of the MSE drawer (early stopping may end sooner)")
-    p.add_argument("--sampler-epochs", type=positive_int, default=20,
+    p.add_argument("--epochs", type=positive_int, default=8,
+                   help="most training epochs of the MSE drawer (early stopping may end sooner; 8 fit P5's budget)")
+    p.add_argument("--sampler-epochs", type=positive_int, default=5,
                    help="most training epochs of the sampling drawer (its head costs more per step)")
     p.add_argument("--patience", type=positive_int, default=4,
                    help="stop after this many epochs without a better validation score")
@@ -96,7 +96,7 @@ def get_args(argv=None):
                    help="trainings run side by side on the CPU, each in its own process (1: one after the other)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the MSE drawer's ablation variants and write ablation.json (several minutes)")
-    p.add_argument("--ablation-epochs", type=positive_int, default=10,
+    p.add_argument("--ablation-epochs", type=positive_int, default=8,
                    help="epochs of each ablation variant (the same for every row, the final settings included)")
     add_common_args(p, out="results/p5")
     args = p.parse_args(argv)
@@ -490,7 +490,7 @@ def forward_signals():
 # The MSE drawer's ablation: from the homework's LSTM to this script's defaults, one change per row (each
 # row keeps the changes above it). `python p5_draw.py --ablation` trains every row for --ablation-epochs.
 ABLATION = [
-    ("homework", "the homework's LSTM: 2 x 64 units and a linear head (batch 64, lr 3e-3, 30 epochs)",
+    ("homework", "the homework's LSTM: 2 x 64 units and a linear head (batch 64, lr 3e-3)",
      {"hidden": 64, "layers": 2, "head_hidden": 0, "position": False, "neighbours": False,
       "batch_size": 64, "lr": 3e-3, "epochs": 30}),
     ("position", "+ each patch's position (one-hot of 16) in the LSTM's input", {"position": True}),
