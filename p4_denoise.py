@@ -16,7 +16,7 @@ each one ten times, under ten noises) with a random stretch of a random training
 epochs within a budget of about 10 minutes on 2 cores for both (`--ablation` measures the alternatives).
 Validation and test run the models over whole files.
 
-    python p4_denoise.py                            # data, both models, scores, te outputs, figures (~10 min)
+    python p4_denoise.py                            # data, both models, scores, te outputs, figures (~8 min)
     python p4_denoise.py --dry-run                  # a handful of files, one epoch each, in seconds
     python p4_denoise.py --ablation                 # what each design choice is worth, into ablation.json
     python p4_denoise.py denoise IN.wav OUT.wav     # denoise a recording with results/p4/denoiser.pt
