@@ -55,11 +55,13 @@ def test_p3_straight_through_training(p1, tmp_path):
     assert run_["test_acc"] >= 0.96
 
 
-def test_p5_lstm_draws_better_than_the_references(p1, tmp_path):
+def test_p5_drawers_draw_better_than_the_references(p1, tmp_path):
     _, ckpt = p1
-    run("p5_draw.py", "--epochs", "3", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
+    run("p5_draw.py", "--epochs", "3", "--sampler-epochs", "1", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
     m = read_json(tmp_path / "out" / "metrics.json")
-    assert m["teacher_forced_mse"]["test"] <= 0.05  # measured 0.0426; the full run's 30 epochs reach 0.029
-    test = m["drawing"]["test"]  # measured: LSTM 0.0538, nearest neighbour 0.0679, mean 0.0715
+    assert m["teacher_forced_mse"]["test"] <= 0.035  # measured 0.0306; the full run's 8 epochs reach 0.028
+    test = m["drawing"]["test"]  # measured: MSE drawer 0.0386, nearest neighbour 0.0679, mean 0.0715
     assert test["lstm"]["bottom_mse"] < min(test["nearest_neighbour"]["bottom_mse"], test["mean_bottom"]["bottom_mse"])
-    assert test["lstm"]["class_kept"] >= 0.8  # measured 0.870
+    assert test["lstm"]["class_kept"] >= 0.85  # measured 0.910
+    # the closest of 10 samples beats the single average completion (measured 0.0337 against 0.0386)
+    assert test["sampler"]["best_of_k_bottom_mse"] < test["lstm"]["bottom_mse"]
