@@ -437,14 +437,14 @@ def load_drawer(path, config, device):
     return model.to(device).eval()
 
 
-def train_drawers(jobs, args):
+def train_drawers(jobs, args, to_train):
     """Run train_drawer(kind, data, args, device, path) for each job; returns the results in order.
+    to_train: how many of the jobs have no finished run to reuse (is_finished).
 
     Each small LSTM runs fastest on one core, so on a CPU with cores to spare (--jobs) the drawers that need
     training train side by side, each in its own process; a job seeds itself, so the models are the ones a
     sequential run makes. Ctrl-C or SIGTERM reaches every job: each saves its checkpoint, --resume continues.
     """
-    to_train = sum(not is_finished(job) for job in jobs)
     if args.jobs == 1 or to_train < 2 or jobs[0][3].type != "cpu" or world()[1] > 1:
         return [train_on_threads(*job) for job in jobs]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
@@ -566,8 +566,9 @@ def main(argv=None):
     jobs = [(kind, data, args, device, path) for kind, path in paths.items()]
     ablation_rows = ablation_jobs(args, data, device) if args.ablation else []
     jobs += [row[3] for row in ablation_rows]
-    trained_now = not all(is_finished(job) for job in jobs)
-    (history, config), (sampler_history, sampler_config), *ablation_runs = train_drawers(jobs, args)
+    to_train = sum(not is_finished(job) for job in jobs)
+    trained_now = to_train > 0
+    (history, config), (sampler_history, sampler_config), *ablation_runs = train_drawers(jobs, args, to_train)
     mse_model = load_drawer(paths["mse"], config, device)
     sampler = load_drawer(paths["sampler"], sampler_config, device)
     seconds["train"] = time.time() - t0
