@@ -3,6 +3,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import random
 import signal
 import sys
@@ -96,6 +97,67 @@ def dropout_rate(text):
     return value
 
 
+class TrainingFlags:
+    """The flags that define a trained model, declared once: each is an argparse flag (in its own --help group),
+    and `values(args)` gives them as the dict that decides whether a finished checkpoint may be reused and that
+    goes into config.json. A flag added here can never be left out of the reuse decision.
+
+        train = TrainingFlags(parser)
+        train.add("--epochs", type=positive_int, default=12, help="training epochs")
+        args = parser.parse_args()
+        config = {**train.values(args), "seed": seed}    # + what no flag sets (the data, the seed of this run)
+    """
+
+    def __init__(self, parser, title="training (a finished checkpoint is reused only if all of these match)"):
+        self.group = parser.add_argument_group(title)
+        self.names = []
+
+    def add(self, *flags, **kwargs):
+        action = self.group.add_argument(*flags, **kwargs)
+        self.names.append(action.dest)
+        return action
+
+    def values(self, args):
+        return {name: getattr(args, name) for name in self.names}
+
+
+def add_precision_flag(train):
+    """--precision, a training flag: a model trained in bf16 is reused only by a bf16 run (common.train)."""
+    train.add("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+              help="arithmetic of the training's forward pass: bf16 autocast (weights and optimizer stay fp32; every "
+                   "reported number is computed in fp32) or fp32; auto: bf16 where the CPU or GPU has bf16 matrix "
+                   "instructions, else fp32 (default: auto)")
+
+
+def cpu_name():
+    """The CPU's model name, family and model (CPUs of one cloud machine kind differ, and so does float rounding)."""
+    info = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    return name
+
+
+def machine(device, precision=None):
+    """Where a result was made, for every metrics.json: fp32 results reproduce bit for bit on the same CPU and
+    torch, and differ at the level of a change of seed on another CPU."""
+    device = torch.device(device)
+    from .train import bf16_in_hardware  # (train imports this module)
+    info = {"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "bf16_matmul_in_hardware": bf16_in_hardware("cpu"), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["bf16_matmul_in_hardware"] = bf16_in_hardware(device)
+    if precision is not None:
+        info["precision"] = precision
+    return info
+
+
 def add_common_args(parser, out):
     """The flags every script shares: output folder, checkpoints, device, seeds, resume, dry run."""
     parser.add_argument("--out", type=Path, default=None,
@@ -181,11 +243,30 @@ def save_config(path, args, **extra):
     save_json(path, {**{k: shown_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **extra})
 
 
-def mean_std(values):
-    """{'mean', 'std', 'values'} of a list of numbers; std is the sample std (0 for a single value)."""
+def mean_std(values, keep_values=True):
+    """{'mean', 'std', 'sem', 'median', 'n'} of a list of numbers, and the 'values' themselves unless keep_values is
+    False (hundreds of per-file numbers); std is the sample std (0 for a single value), sem = std / sqrt(n)."""
     t = torch.tensor(values, dtype=torch.float64)
     std = t.std().item() if len(values) > 1 else 0.0
-    return {"mean": t.mean().item(), "std": std, "values": list(values)}
+    stats = {"mean": t.mean().item(), "std": std, "sem": std / len(values) ** 0.5, "median": t.quantile(0.5).item(),
+             "n": len(values)}
+    return {**stats, "values": list(values)} if keep_values else stats
+
+
+def n_params(module, buffers=False):
+    """The numbers `module` trains (with buffers=True: every number it stores, its buffers too)."""
+    return sum(p.numel() for p in module.parameters()) + (sum(b.numel() for b in module.buffers()) if buffers else 0)
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run the block on `n` CPU threads (0 or None: leave torch's count), then restore the count it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def goal(measured, *, at_least=None, above=None, at_most=None, below=None, **about):
