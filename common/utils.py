@@ -42,14 +42,15 @@ def run_cli(main):
     SIGINT and SIGTERM end the program the same way, with the shell's codes 130 and 143: they raise an exception,
     so every file being written to a temporary name is removed on the way out (see `atomic_path`).
     """
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_stopped)
+    before = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     finally:
+        for sig, handler in before.items():  # called in-process (a test), the caller gets its handlers back
+            signal.signal(sig, handler)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
