@@ -6,7 +6,7 @@ k = min(out, in). "Rank D" keeps the first D columns of U, entries of S and rows
 import torch
 import torch.nn as nn
 
-from .mnist_mlp import MLP
+from .mnist_mlp import PIXEL_MEAN, PIXEL_STD
 
 
 def svd(W):
@@ -39,10 +39,31 @@ class LowRankLinear(nn.Module):
         self.register_buffer("bias", bias.detach().clone())  # (out,)
 
     def forward(self, x):  # (batch, in) -> (batch, out)
-        return torch.addmm(self.bias, (x @ self.Vh.T) * self.S, self.U.T)
+        return torch.addmm(self.bias, torch.mm(x, self.Vh.T).mul_(self.S), self.U.T)
 
     def extra_repr(self):
         return f"in={self.Vh.shape[1]}, out={self.U.shape[0]}, rank={self.S.numel()}"
+
+
+class LowRankMLP(nn.Module):
+    """P1's rank-D network, for inference: the baseline's hidden layers as LowRankLinear, its last layer dense.
+
+    The forward pass is the baseline's (standardise the pixels, then ReLU(layer(x)) five times, then the head),
+    calling each layer's `forward` directly: at batch 1 a rank-20 layer is two tiny products, cheaper than the
+    hooks machinery of a module call (`layer(x)`), which would otherwise set the speed (measured in
+    benchmarks/rank_forward.py). Eval only: there is no dropout.
+    """
+
+    def __init__(self, layers, head):
+        super().__init__()
+        self.hidden = nn.ModuleList(layers)
+        self.head = head
+
+    def forward(self, x):  # (batch, 28, 28) or (batch, 784) pixels in [0, 1] -> logits (batch, 10)
+        x = (x.flatten(1) - PIXEL_MEAN) / PIXEL_STD
+        for layer in self.hidden:
+            x = layer.forward(x).relu_()
+        return self.head.forward(x)
 
 
 def low_rank_cost(shapes, rank):
@@ -60,15 +81,15 @@ def low_rank_cost(shapes, rank):
 
 
 def compress(model, factors, rank):
-    """A copy of the MLP `model` whose hidden layers are LowRankLinear at `rank` (None = full), from one SVD per layer.
+    """P1's rank-D network (LowRankMLP, eval mode) built from the MLP `model` at `rank` (None = full).
 
     factors: [(U, S, Vh), ...], the SVD of each hidden weight (`svd`), computed once and sliced for every rank.
+    The last layer is copied as it is.
     """
-    net = MLP(model.head.in_features, len(model.hidden))
-    net.head.load_state_dict(model.head.state_dict())
-    for i, ((U, S, Vh), layer) in enumerate(zip(factors, model.hidden)):
-        net.hidden[i] = LowRankLinear(*truncate(U, S, Vh, rank), layer.bias)
-    return net.to(model.head.weight.device).eval()
+    head = nn.Linear(model.head.in_features, model.head.out_features)
+    head.load_state_dict(model.head.state_dict())
+    layers = [LowRankLinear(*truncate(U, S, Vh, rank), layer.bias) for (U, S, Vh), layer in zip(factors, model.hidden)]
+    return LowRankMLP(layers, head).to(model.head.weight.device).eval()
 
 
 def cost(model, rank):
