@@ -26,6 +26,8 @@ p4: install
 p5: install
 	$(PY) p5_draw.py
 bench: install
+	$(PY) benchmarks/rank_forward.py
+	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/p3_svd_step.py
 	$(PY) benchmarks/p4_realtime.py
 report: install
@@ -38,6 +40,8 @@ test-slow: install
 
 dry-run: install
 	for s in p1_svd p2_factorized p3_svd_ste p4_denoise p5_draw; do $(PY) $$s.py --dry-run || exit 1; done
+	$(PY) benchmarks/rank_forward.py --dry-run
+	$(PY) benchmarks/train_step.py --dry-run
 	$(PY) benchmarks/p3_svd_step.py --dry-run
 	$(PY) benchmarks/p4_realtime.py --dry-run
 	$(PY) make_report.py --dry-run

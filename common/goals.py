@@ -21,6 +21,13 @@ TARGETS = {
                                                 "convolutions"),
     "p1.rank_20_test_acc": ("at_least", 0.970, "the rank-20 network, before any fine-tuning, within 1.6 points of "
                                                "that baseline"),
+    "p1.rank_20_speedup_batch_1": ("at_least", 10.0, "one image through the rank-20 network: the 23x fewer "
+                                                     "multiply-adds become at least 10x less time"),
+    "p1.rank_20_speedup_batch_1000": ("at_least", 12.0, "a batch of 1000: at least half of the 23x FLOP advantage"),
+    "bench.p1_step_ratio_policy_over_fp32": ("at_most", 0.4, "where the CPU multiplies bf16 in hardware, P1's "
+                                                            "training step under the default policy"),
+    "bench.p1_fwd_bwd_share_of_bf16_peak": ("at_least", 0.6, "P1's forward and backward pass keeps the bf16 "
+                                                             "matrix units busy"),
     "p2.test_acc": ("at_least", 0.984, "fine-tuned, the rank-20 network is as accurate as a dense baseline"),
     "p3.test_acc": ("at_least", 0.982, "training through the projection ends near the dense baseline"),
     "p3.tracking_error_ratio_max": ("at_most", 1.01, "the tracked W_hat is within 1% of the optimal rank-20 error, "
