@@ -13,8 +13,15 @@ import p4_denoise as p4
 from common import audio, denoiser, listening, speech_data
 from common.audio import BINS, HOP, RATE
 from common.train import resolve_precision, save_checkpoint
-from common.utils import UserError
+from common.utils import UserError, torch_threads
 from conftest import read_json, run_main, run_script
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one thread is fastest, and on a busy machine a second one mostly waits."""
+    with torch_threads(1):
+        yield
 
 
 def sine(freq, seconds=1.0, amp=0.3, rate=RATE):
@@ -396,7 +403,8 @@ def test_dry_run_writes_every_result(dry_run):
     systems = metrics["v"]["systems"]
     assert set(systems) == {"noisy", "fc", "gru", "oracle_ibm"}
     assert set(systems["gru"]) == {"snr_db", "si_sdr_db", "stoi", "pesq"}
-    assert set(systems["gru"]["snr_db"]) == {"mean", "std", "sem", "median", "n"} and systems["gru"]["snr_db"]["n"] == 10
+    assert systems["gru"]["snr_db"].keys() == {"mean", "std", "sem", "median", "n"}
+    assert systems["gru"]["snr_db"]["n"] == 10
     assert systems["oracle_ibm"]["snr_db"]["mean"] > systems["noisy"]["snr_db"]["mean"]
     assert len(metrics["per_file"]["snr_db"]["gru"]) == 10
     for name in ("training_curves", "snr_histogram", "snr_gain_vs_input", "snr_by_noise", "spectrograms"):
@@ -419,7 +427,7 @@ def test_dry_run_writes_every_result(dry_run):
 def test_dry_run_listening_examples(dry_run):
     _, out, _, metrics = dry_run
     examples = metrics["examples"]
-    assert [len(e["clips"]) for e in examples["v"]] == [5, 5, 5] and [len(e["clips"]) for e in examples["te"]] == [2] * 3
+    assert [len(e["clips"]) for e in examples["v"]] == [5] * 3 and [len(e["clips"]) for e in examples["te"]] == [2] * 3
     assert len({e["file"] for e in examples["v"]}) == 3
     per_file = dict(zip(metrics["per_file"]["names"], range(10)))
     for example in examples["v"]:
@@ -465,7 +473,8 @@ def test_dry_run_te_zip_is_what_the_commands_write(dry_run, tmp_path, capsys):
                                    out / "denoiser.pt"], capsys)
     assert code == 0, err
     assert (tmp_path / "again.zip").read_bytes() == (out / "te_denoised.zip").read_bytes()
-    assert metrics["te_output"]["files"] == 5 and metrics["te_output"]["command"].startswith("python p4_denoise.py te-zip")
+    assert metrics["te_output"]["files"] == 5
+    assert metrics["te_output"]["command"].startswith("python p4_denoise.py te-zip")
 
 
 def tiny_args(tmp_path, *flags):
@@ -514,7 +523,8 @@ def test_bf16_training_runs_and_its_loss_is_finite(tmp_path):
 def test_the_flags_that_define_a_model_are_its_config():
     args, flags = p4.get_args(["--fc-hidden", "100", "--alpha", "0.9"])
     gru, fc = (p4.training_config(kind, {n: getattr(args, n) for n in flags[kind]}, "data") for kind in ("gru", "fc"))
-    assert gru["model"] == {"kind": "gru", "hidden": 256, "proj": 256, "dropout": 0.1, "alpha": 0.9, "running_mean": True}
+    assert gru["model"] == {"kind": "gru", "hidden": 256, "proj": 256, "dropout": 0.1, "alpha": 0.9,
+                            "running_mean": True}
     assert fc["model"] == {"kind": "fc", "hidden": 100, "layers": 2, "dropout": 0.1, "layer_norm": False}
     assert (gru["epochs"], gru["crop"], gru["lr"], fc["epochs"], fc["crop"], fc["lr"]) == (14, 96, 5e-3, 14, 48, 3e-3)
     shared = {"speeds", "repeats", "band_fraction", "loss_power", "batch_size", "weight_decay", "seed", "precision"}

@@ -299,7 +299,8 @@ def test_channels_are_kept_and_antiphase_stereo_comes_back(tmp_path, model_file,
                                  capfd)
         assert code == 0 and err == [], err
     mono = sf.read(tmp_path / "mono_out.wav", always_2d=True)[0][:, 0]
-    outputs = {name: sf.read(tmp_path / f"{name}_out.wav", always_2d=True)[0] for name in ("stereo", "antiphase", "three")}
+    outputs = {name: sf.read(tmp_path / f"{name}_out.wav", always_2d=True)[0]
+               for name in ("stereo", "antiphase", "three")}
     assert [y.shape for y in outputs.values()] == [(16000, 2), (16000, 2), (16000, 3)]
     # one mask for every channel: the channels keep their balance and sign ...
     np.testing.assert_allclose(outputs["stereo"][:, 1], 0.5 * outputs["stereo"][:, 0], atol=1 / 32768)
@@ -362,9 +363,9 @@ def test_a_replaced_output_keeps_its_permissions_and_a_read_only_one_is_refused(
 
 def test_temporary_files_of_a_killed_run_are_removed(tmp_path, model_file, capfd):
     sf.write(tmp_path / "long.wav", noise(600), 16000)
-    proc = subprocess.Popen([sys.executable, "p4_denoise.py", "denoise", tmp_path / "long.wav", tmp_path / "o" / "a.wav",
-                             "--model", model_file, "--block-seconds", "0.5"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "p4_denoise.py", "denoise", tmp_path / "long.wav",
+                             tmp_path / "o" / "a.wav", "--model", model_file, "--block-seconds", "0.5"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not ((tmp_path / "o").is_dir() and leftovers(tmp_path / "o")) and time.time() < deadline:
         time.sleep(0.05)
@@ -423,13 +424,13 @@ def test_a_damaged_or_non_finite_model_is_refused(tmp_path, model_file, capfd):
     assert not (tmp_path / "out.wav").exists()
 
 
-@pytest.mark.parametrize("sig, code, form", [(signal.SIGTERM, 143, "IN OUT"), (signal.SIGINT, 130, "IN OUT"),
-                                             (signal.SIGTERM, 143, "--out-dir")])
+@pytest.mark.parametrize("sig, code, form", [(signal.SIGTERM, 143, "in-out"), (signal.SIGTERM, 143, "out-dir"),
+                                             pytest.param(signal.SIGINT, 130, "in-out", marks=pytest.mark.slow)])
 def test_a_signal_ends_denoise_with_one_line_and_nothing_half_written(tmp_path, model_file, sig, code, form):
     sf.write(tmp_path / "long.wav", np.random.default_rng(0).normal(0, 0.1, 16000 * 600).astype(np.float32), 16000)
     sf.write(tmp_path / "short.wav", noise(0.3), 16000)
     (tmp_path / "long_out.wav").write_bytes(b"the previous result")
-    if form == "IN OUT":
+    if form == "in-out":
         folder, paths = tmp_path, [tmp_path / "long.wav", tmp_path / "long_out.wav"]
     else:  # long.wav, then short.wav: the signal comes during the first
         folder, paths = tmp_path / "out", [tmp_path / "long.wav", tmp_path / "short.wav", "--out-dir", tmp_path / "out"]
