@@ -10,7 +10,7 @@ BCE against the IBM on mixtures made anew at every step (`mixture`); the epoch k
     python p4_denoise.py                            # data, both models, scores, te zip, figures (~8 min)
     python p4_denoise.py --dry-run                  # a handful of files, small models, one epoch each, in seconds
     python p4_denoise.py --ablation                 # what each design choice is worth, into ablation.json
-    python p4_denoise.py denoise IN.wav OUT.wav     # denoise a recording with results/p4/denoiser.pt (or IN... --out-dir DIR)
+    python p4_denoise.py denoise IN.wav OUT.wav     # denoise with results/p4/denoiser.pt (or IN... --out-dir DIR)
     python p4_denoise.py te-zip te_denoised.zip     # the denoised te mixtures for hand-in, from the saved model
 
 Writes results/p4/{metrics.json, config.json, *.png, audio/*.wav, denoiser.pt, te_denoised.zip} and checkpoints/
@@ -52,7 +52,7 @@ def get_args(argv=None):
     """The flags, and for each model the names of the flags that define it (its training config)."""
     p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                        epilog="`python p4_denoise.py denoise --help` and `te-zip --help` describe the commands.")
-    p.add_argument("--data-dir", type=Path, help="speech data with tr/, v/, te/ (default: data/hw3, built when missing)")
+    p.add_argument("--data-dir", type=Path, help="speech data: tr/, v/, te/ (default: data/hw3, built when missing)")
     both = TrainingFlags(p, "training of both models (a finished checkpoint is reused only if all its flags match)")
     both.add("--dropout", type=dropout_rate, default=0.1, help="dropout in both models")
     both.add("--speeds", type=speed_list, default=[1.0], help="speeds at which the models hear each training "
@@ -103,9 +103,8 @@ def ideal_binary_mask(S, N):
 
 
 def load_split(data_dir, split, limit=None, digest=None):
-    """tr or v as dicts: name, s, n (signals); v also x, X = stft(x) and the IBM. x, s, n must be 16 kHz and
-    equally long (the error names the file). `digest` (a hashlib object) is fed every mixture, so the training config
-    pins the exact data."""
+    """tr or v as dicts: name, s, n (signals); v also x, X = stft(x) and the IBM. x, s, n must be 16 kHz and equally
+    long (the error names the file). `digest` (hashlib) is fed every mixture: the training config pins the data."""
     files = []
     for path in split_paths(data_dir, split)[:limit]:
         x, s, n = (read_audio(source_path(path, role) if role != "x" else path, RATE)[0] for role in "xsn")
@@ -305,9 +304,8 @@ def enhance(model, files):
 # ----------------------------------------------------------------------------- 5. training
 
 def training_config(kind, flags, fingerprint):
-    """A model's training config from its flags' values {name: value} (the FC's without their fc_ prefix): the
-    masker's own arguments under "model" (what `build_masker` and the `denoise` command read), the recipe beside
-    them, and the data's fingerprint. It decides whether a finished checkpoint is reused."""
+    """A model's config from its flags' values (the FC's without their fc_ prefix): the masker's arguments under
+    "model" (what `build_masker` reads), the recipe and the data beside them; a checkpoint is reused only if equal."""
     recipe = {name.removeprefix("fc_"): value for name, value in flags.items()}
     model = {"kind": kind, **{name: recipe.pop(name) for name in inspect.signature(MASKERS[kind]).parameters}}
     return {"model": model, **recipe, "data": fingerprint}
@@ -325,9 +323,8 @@ def validation_numbers(model, v, power):
 
 
 def train_masker(kind, args, flags, sentences, noise, stats, v, fingerprint, device, name=None):
-    """Train (or reuse) the GRU or the FC on fresh mixtures of `sentences` (at the model's speeds) and `noise`,
-    keeping the epoch with the best `v` SNR; `flags` names the flags of `args` that define it. Returns (model in
-    eval mode, its training config, history)."""
+    """Train (or reuse) the GRU or the FC, defined by the flags of `args` named in `flags`, on fresh mixtures of
+    `sentences` and `noise`, keeping the epoch with the best `v` SNR: (model in eval mode, its config, history)."""
     config = training_config(kind, {name: getattr(args, name) for name in flags}, fingerprint)
     speech = [stft(at_speed(s, speed)) for s in sentences for speed in config["speeds"]]  # each (frames, 513)
     seed_everything(config["seed"])
@@ -405,8 +402,7 @@ def main(argv=None):
     sentences, noise, stats = distinct_speech(tr), NoisePool([stft(f["n"]) for f in tr]), log_spectrum_stats(tr)
     seconds["data"] = time.time() - t_start
     if is_main():
-        print(f"[p4] {data_dir}: {len(tr)} tr, {len(v)} v, {len(te)} te files; {len(sentences)} distinct training "
-              f"sentences, {len(tr)} noise recordings; loaded in {seconds['data']:.0f} s", flush=True)
+        print(f"[p4] {data_dir}: {len(tr)} tr, {len(v)} v, {len(te)} te; {len(sentences)} sentences", flush=True)
     if args.ablation:
         return ablation(args, flags, (sentences, noise, stats, v, fingerprint), device)
 

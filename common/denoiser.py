@@ -64,7 +64,7 @@ def load_model(path, build):
             wanted = {name: tuple(t.shape) for name, t in build(config["model"]).state_dict().items()}
         found = {name: tuple(t.shape) for name, t in weights.items() if torch.is_tensor(t)}
         if wanted != found:
-            raise UserError(f"its tensors are not those of the model its config describes ({_difference(wanted, found)})")
+            raise UserError(f"its tensors are not the model its config describes ({_difference(wanted, found)})")
         model = build(config["model"])
         model.load_state_dict(weights)
     except UserError as e:

@@ -12,7 +12,8 @@ from pathlib import Path
 from .audio import RATE, read_audio, sound_header, write_audio
 from .denoiser import denoise
 
-LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM", "clean": "clean speech"}
+LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM",
+          "clean": "clean speech"}
 
 
 def example_indices(lengths, count=3):
