@@ -1,161 +1,101 @@
 """Problem 4: a causal GRU speech denoiser that predicts the ideal binary mask, beside the homework's frame-wise FC.
 
-Each mixture x = s + n becomes its STFT X (1024-point Hann window, hop 512: 513 bins per frame). The target is
-the ideal binary mask M = 1 where |S| > |N|, else 0. A model reads |X| frame by frame and predicts M_hat in
-[0, 1]; the recovered speech is the inverse STFT of M_hat (.) X. Score: SNR = 10 log10(sum s^2 / sum (s - s_hat)^2)
-per `v` file, averaged; SI-SDR, STOI and wideband PESQ beside it.
+Each mixture x = s + n becomes its STFT X (1024-point Hann window, hop 512: 513 bins per frame). The target is the
+ideal binary mask M = 1 where |S| > |N|, else 0. A model reads |X| frame by frame and predicts M_hat in [0, 1]; the
+recovered speech is the inverse STFT of M_hat (.) X. Score: SNR = 10 log10(sum s^2 / sum (s - s_hat)^2) per `v`
+file, averaged. The FC sees one frame; the GRU is causal (the mask at frame t from frames 1..t, the homework's
+equation 12) and also sees each frame against the running mean of the frames so far. Both learn the |X|-weighted
+BCE against the IBM on mixtures made anew at every step (`mixture`); the epoch kept is the one with the best `v` SNR.
 
-The two models (common/denoiser.py) differ by memory. The FC sees the current frame and nothing else. The GRU is
-causal (the mask at frame t from frames 1..t, the homework's equation 12) and sees, beside each frame, how it stands
-against the running mean of the frames so far, through a projection with LayerNorm into a recurrent state: what one
-frame cannot tell (the noise so far, the voice so far). Both learn from the same mixtures and loss: binary
-cross-entropy against the IBM, each bin weighted by |X| (the loud bins are the ones the SNR counts), on mixtures
-made anew at every step from the training recordings: each distinct training sentence (the course's data holds
-each one ten times, under ten noises) with a random stretch of a random training noise at a random SNR in
-[-5, 5] dB, half of them band-limited (see `mixture`). Each model has its own best width, window length and
-epochs within a budget of about 10 minutes on 2 cores for both (`--ablation` measures the alternatives).
-Validation and test run the models over whole files.
-
-    python p4_denoise.py                            # data, both models, scores, te outputs, figures (~8 min)
-    python p4_denoise.py --dry-run                  # a handful of files, one epoch each, in seconds
+    python p4_denoise.py                            # data, both models, scores, te zip, figures (~8 min)
+    python p4_denoise.py --dry-run                  # a handful of files, small models, one epoch each, in seconds
     python p4_denoise.py --ablation                 # what each design choice is worth, into ablation.json
-    python p4_denoise.py denoise IN.wav OUT.wav     # denoise a recording with results/p4/denoiser.pt
-    python p4_denoise.py denoise IN... --out-dir DIR
+    python p4_denoise.py denoise IN.wav OUT.wav     # denoise with results/p4/denoiser.pt (or IN... --out-dir DIR)
+    python p4_denoise.py te-zip te_denoised.zip     # the denoised te mixtures for hand-in, from the saved model
 
-The data step builds the course's layout into data/hw3 from ../shared/data/hw3 when it is missing (or from
-$HW3_SPEECH_SOURCE); with the course's own homework3 folder, pass --data-dir. Writes results/p4/{metrics.json,
-config.json, *.png, audio/*.wav, denoiser.pt, te_denoised/, te_denoised.zip} and the training checkpoints
-checkpoints/p4_{gru,fc}.pt (reused when finished with the same config).
+Writes results/p4/{metrics.json, config.json, *.png, audio/*.wav, denoiser.pt, te_denoised.zip} and checkpoints/
+p4_{gru,fc}.pt (reused when finished with the same config). The data, the two commands, scores, figures and listening
+examples are machinery in common/ (speech_data, denoiser, speech_scores, denoise_figures, listening).
 """
 import argparse
 import functools
 import hashlib
-import json
-import os
-import shutil
-import subprocess
+import inspect
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.audio import BINS, RATE, read_audio, si_sdr_db, snr_db, stft, write_audio
-from common.denoiser import EPS, apply_mask, build_masker, denoise_main, predict_masks
-from common.train import init_distributed, is_main, save_checkpoint, train_or_reuse
-from common.utils import (ROOT, ArgumentParser, UserError, add_common_args, atomic_path, goal, nonnegative_float,
-                          nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
-                          save_config, save_json, seed_everything, seed_int, shown_path)
+from common.ablation import read_ablation, run_ablation
+from common.audio import BINS, RATE, istft, read_audio, snr_db, stft
+from common.denoise_figures import make_figures
+from common.denoiser import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
+from common.listening import write_examples
+from common.speech_data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, distinct_speech,
+                                ensure_data, pad_batch, source_path, speed_list, split_paths)
+from common.speech_scores import model_records, score_systems, summarize_scores
+from common.train import init_distributed, is_main, resolve_precision, save_checkpoint, train_or_reuse
+from common.utils import (ArgumentParser, TrainingFlags, UserError, add_common_args, add_precision_flag, bounded_float,
+                          dropout_rate, machine, nonnegative_float, nonnegative_int, pick_device, positive_float,
+                          positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything, seed_int,
+                          shown_path, torch_threads)
 
-SPLITS = ("tr", "v", "te")  # folders, and the files' prefixes (tr/trx0000.wav), as in the course's homework3.zip
-DEFAULT_DATA = ROOT / "data" / "hw3"
-# files NNN0..NNN9 are one sentence under ten kinds of noise, in this order in build_hw3.py's data (its README);
-# the course's own data has ten kinds of its own
-NOISE_TYPES = ["babble", "birds", "boat engine", "cafe", "city street", "exercise bike", "kitchen dishes", "music",
-               "rain", "wind"]
+EPS = 1e-5  # floor under |X| before the log (|X| of a full-scale sine is about 256)
+DRY_RUN = {"epochs": 1, "fc_epochs": 1, "hidden": 32, "proj": 32, "fc_hidden": 64, "repeats": 2}  # at most these
 
 
 def get_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0],
-                       epilog="`python p4_denoise.py denoise --help` describes the denoise command.")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="homework-3 speech data with tr/, v/, te/ (default: data/hw3, built when missing)")
-    p.add_argument("--hidden", type=positive_int, default=256, help="GRU state size")
-    p.add_argument("--proj", type=nonnegative_int, default=256,
-                   help="width of the GRU's input projection (0: none, the GRU reads the features)")
-    p.add_argument("--running-mean", action=argparse.BooleanOptionalAction, default=True,
-                   help="feed the GRU each frame's distance from the running mean of the frames so far")
-    p.add_argument("--alpha", type=float_below_one, default=0.98,
-                   help="forgetting factor of the GRU's running statistics (time constant 1 / (1 - alpha) frames)")
-    p.add_argument("--fc-hidden", type=positive_int, default=512, help="width of the FC baseline's hidden layers")
-    p.add_argument("--fc-layers", type=positive_int, default=2, help="hidden layers of the FC baseline")
-    p.add_argument("--fc-layer-norm", action=argparse.BooleanOptionalAction, default=False,
-                   help="LayerNorm after each of the FC's hidden layers (it helps the GRU's projection, not the FC)")
-    p.add_argument("--dropout", type=float_below_one, default=0.1, help="dropout in both models")
-    p.add_argument("--epochs", type=positive_int, default=14, help="GRU training epochs")
-    p.add_argument("--fc-epochs", type=positive_int, default=14, help="FC training epochs")
-    p.add_argument("--speeds", type=speed_list, default=(1.0,),
-                   help="speeds at which the models hear each distinct training sentence, comma-separated (1: as "
-                        "recorded; 1.1: 10%% faster and higher, a new voice; see the ablation)")
-    p.add_argument("--repeats", type=positive_int, default=10,
-                   help="times each training window is used per epoch, each time with new noise (the course's data "
-                        "holds each sentence ten times, under ten kinds of noise)")
-    p.add_argument("--crop", type=positive_int, default=96, help="frames per GRU training window (3 s)")
-    p.add_argument("--fc-crop", type=positive_int, default=48,
-                   help="frames per FC training window: the FC sees frames one by one, so this sets the frames per "
-                        "step (shorter windows: more steps for the same frames, which the FC needs)")
-    p.add_argument("--band-fraction", type=unit_interval, default=0.5,
-                   help="fraction of training mixtures low-passed at a random 4-8 kHz cutoff (as resampled audio is)")
-    p.add_argument("--loss-power", type=nonnegative_float, default=1.0,
-                   help="weight each bin's BCE by |X|^power (1: loud bins count more, as in the SNR; 0: plain BCE)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
-    p.add_argument("--lr", type=positive_float, default=5e-3,
-                   help="the GRU's peak AdamW learning rate (one-cycle schedule)")
-    p.add_argument("--fc-lr", type=positive_float, default=3e-3, help="the FC's peak learning rate")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--seed", type=seed_int, default=0, help="random seed of both models")
-    p.add_argument("--ablation", action="store_true",
-                   help="instead of the main run: train each ablation variant and write ablation.json")
+    """The flags, and for each model the names of the flags that define it (its training config)."""
+    p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                       epilog="`python p4_denoise.py denoise --help` and `te-zip --help` describe the commands.")
+    p.add_argument("--data-dir", type=Path, help="speech data: tr/, v/, te/ (default: data/hw3, built when missing)")
+    both = TrainingFlags(p, "training of both models (a finished checkpoint is reused only if all its flags match)")
+    both.add("--dropout", type=dropout_rate, default=0.1, help="dropout in both models")
+    both.add("--speeds", type=speed_list, default=[1.0], help="speeds at which the models hear each training "
+             "sentence, comma-separated (1: as recorded; 1.1: 10%% faster and higher, a new voice)")
+    both.add("--repeats", type=positive_int, default=10, help="times each training window is used per epoch, each "
+             "time with new noise (the course's data holds each sentence under ten noises)")
+    both.add("--band-fraction", type=bounded_float(0, 1), default=0.5, help="fraction of training mixtures "
+             "low-passed at a random 4-8 kHz cutoff (as resampled audio is)")
+    both.add("--loss-power", type=nonnegative_float, default=1.0, help="weight each bin's BCE by |X|^power (1: loud "
+             "bins count more, as in the SNR; 0: plain BCE)")
+    both.add("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
+    both.add("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
+    both.add("--seed", type=seed_int, default=0, help="random seed of both models")
+    add_precision_flag(both)
+    gru = TrainingFlags(p, "the GRU")
+    gru.add("--hidden", type=positive_int, default=256, help="GRU state size")
+    gru.add("--proj", type=nonnegative_int, default=256, help="width of the GRU's input projection (0: none)")
+    gru.add("--running-mean", action=argparse.BooleanOptionalAction, default=True,
+            help="feed the GRU each frame's distance from the running mean of the frames so far")
+    gru.add("--alpha", type=bounded_float(0, 1), default=0.98,
+            help="forgetting factor of the GRU's running mean (time constant 1 / (1 - alpha) frames; 1: none)")
+    gru.add("--epochs", type=positive_int, default=14, help="GRU training epochs")
+    gru.add("--crop", type=positive_int, default=96, help="frames per GRU training window (3 s)")
+    gru.add("--lr", type=positive_float, default=5e-3, help="the GRU's peak AdamW learning rate (one-cycle schedule)")
+    fc = TrainingFlags(p, "the FC baseline (its flags go into its config without the fc- prefix)")
+    fc.add("--fc-hidden", type=positive_int, default=512, help="width of the FC baseline's hidden layers")
+    fc.add("--fc-layers", type=positive_int, default=2, help="hidden layers of the FC baseline")
+    fc.add("--fc-layer-norm", action=argparse.BooleanOptionalAction, default=False,
+           help="LayerNorm after each of the FC's hidden layers (it helps the GRU's projection, not the FC)")
+    fc.add("--fc-epochs", type=positive_int, default=14, help="FC training epochs")
+    fc.add("--fc-crop", type=positive_int, default=48, help="frames per FC training window (shorter windows: more "
+           "steps for the same frames, which the FC needs)")
+    fc.add("--fc-lr", type=positive_float, default=3e-3, help="the FC's peak learning rate")
+    p.add_argument("--ablation", action="store_true", help="instead of the main run: train each ablation variant")
     add_common_args(p, out="results/p4")
-    return p.parse_args(argv)
-
-
-def float_below_one(text):
-    value = nonnegative_float(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-def unit_interval(text):
-    value = nonnegative_float(text)
-    if not value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def speed_list(text):
-    try:
-        speeds = tuple(float(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected speeds like 0.9,1.0,1.1, got {text!r}")
-    if not all(0.5 <= s <= 2 for s in speeds):
-        raise argparse.ArgumentTypeError(f"speeds must lie in [0.5, 2], got {text!r}")
-    return speeds
+    args = p.parse_args(argv)
+    if args.dry_run:  # small models for one epoch: the real code path in seconds
+        for name, most in DRY_RUN.items():
+            setattr(args, name, min(getattr(args, name), most))
+    return args, {"gru": both.names + gru.names, "fc": both.names + fc.names}
 
 
 # ----------------------------------------------------------------------------- 1. data
-
-def ensure_data(data_dir):
-    """The data folder; `None` means data/hw3, built from the shared recordings when it is missing."""
-    if data_dir is not None:
-        if not data_dir.is_dir():
-            raise UserError(f"data folder {data_dir} not found; pass --data-dir with the homework-3 speech data "
-                            f"(tr/, v/, te/), or leave it out to build data/hw3")
-        return data_dir
-    if DEFAULT_DATA.is_dir():
-        return DEFAULT_DATA
-    source = Path(os.environ.get("HW3_SPEECH_SOURCE", ROOT.parent / "shared" / "data" / "hw3"))
-    builder = source / "build_hw3.py"
-    if not builder.is_file():
-        raise UserError(f"no speech data in {DEFAULT_DATA} and no {builder} to build it from; set "
-                        f"HW3_SPEECH_SOURCE to the folder holding build_hw3.py, or pass --data-dir with the "
-                        f"course's homework3 data")
-    building = DEFAULT_DATA.with_name(f".{DEFAULT_DATA.name}.building-{os.getpid()}")
-    print(f"[p4] building {DEFAULT_DATA} from {source} (about 10 s, 600 MB)", flush=True)
-    proc = subprocess.run([sys.executable, str(builder), str(building)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        reason = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise UserError(f"building the speech data with {builder} failed: {reason}")
-    os.replace(building, DEFAULT_DATA)  # a half-built folder never looks like data
-    return DEFAULT_DATA
-
 
 def ideal_binary_mask(S, N):
     """M = 1 where the speech is louder than the noise in that time-frequency bin, else 0 (ties go to the noise)."""
@@ -163,112 +103,41 @@ def ideal_binary_mask(S, N):
 
 
 def load_split(data_dir, split, limit=None, digest=None):
-    """One split's files as dicts: name and path; tr: s, n (signals); v: also x, X = stft(x) and the IBM.
-
-    Every file must be 16 kHz mono, and x, s, n of a mixture equally long (the error names the file).
-    `digest` (a hashlib object) is fed every waveform of tr and v, so the training config pins the exact data.
-    """
-    folder = data_dir / split
-    paths = sorted(folder.glob(f"{split}x*.wav")) if folder.is_dir() else []
-    if not paths:
-        raise UserError(f"no {split}x*.wav files in {folder}; the data folder needs tr/, v/ and te/ "
-                        f"as in the course's homework3.zip")
+    """tr or v as dicts: name, s, n (signals); v also x, X = stft(x) and the IBM. x, s, n must be 16 kHz and equally
+    long (the error names the file). `digest` (hashlib) is fed every mixture: the training config pins the data."""
     files = []
-    for path in paths[:limit]:
-        item = {"name": path.name, "path": path}
-        if split != "te":
-            x, s, n = (read_audio(path.with_name(path.name.replace(f"{split}x", f"{split}{tag}", 1)), RATE)[0]
-                       for tag in "xsn")
-            if not len(x) == len(s) == len(n):
-                raise UserError(f"{path}: x, s, n have different lengths ({len(x)}, {len(s)}, {len(n)} samples); "
-                                f"each mixture needs its speech and noise of the same length")
-            item.update(s=s, n=n)
-            if split == "v":
-                X = stft(x)  # (frames, 513)
-                item.update(x=x, X=X, mask=ideal_binary_mask(stft(s), stft(n)))
-            if digest is not None:
-                digest.update(path.name.encode() + x.tobytes())
+    for path in split_paths(data_dir, split)[:limit]:
+        x, s, n = (read_audio(source_path(path, role) if role != "x" else path, RATE)[0] for role in "xsn")
+        if not len(x) == len(s) == len(n):
+            raise UserError(f"{path}: x, s, n have different lengths ({len(x)}, {len(s)}, {len(n)} samples); "
+                            f"each mixture needs its speech and noise of the same length")
+        item = {"name": path.name, "s": s, "n": n}
+        if split == "v":
+            item.update(x=x, X=stft(x), mask=ideal_binary_mask(stft(s), stft(n)))  # X, mask: (frames, 513)
+        if digest is not None:
+            digest.update(path.name.encode() + x.tobytes())
         files.append(item)
     return files
 
 
-def distinct_speech(files):
-    """The training set's distinct recordings of speech: the course's data has each sentence under ten kinds of
-    noise (trs NNN0..NNN9 hold the same speech, some scaled down), and a speech recording used ten times in one
-    epoch is worth once. Two are the same if equally long and correlated above 0.999."""
-    kept = []
-    for f in files:
-        s = f["s"].astype(np.float64)
-        if not any(len(u) == len(s) and (u @ s) ** 2 > 0.999 * (u @ u) * (s @ s) for u in kept):
-            kept.append(s)
-    return [s.astype(np.float32) for s in kept]
-
-
-def at_speed(s, speed):
-    """s played `speed` times faster (higher and shorter; soxr resampling): a new voice from a recorded one."""
-    return s if speed == 1 else soxr.resample(s, RATE * speed, RATE).astype(np.float32)
+def load_data(data_dir, dry_run):
+    """tr and v (`load_split`), the te files, and the fingerprint of the tr and v waveforms (new data means new
+    models); the dry run takes a handful of files (the real code path)."""
+    limits = {"tr": 20, "v": 10, "te": 5} if dry_run else {}
+    digest = hashlib.sha256()
+    tr, v = (load_split(data_dir, split, limits.get(split), digest) for split in ("tr", "v"))
+    return tr, v, split_paths(data_dir, "te")[:limits.get("te")], digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- 2. training data: mixtures made anew
-
-def window_starts(frames, crop):
-    """0, crop, 2 crop, ... and a last window that ends on the last frame: every frame covered, every window
-    `crop` long (a recording shorter than that is one window)."""
-    return [0] if frames <= crop else list(range(0, frames - crop, crop)) + [frames - crop]
-
-
-class SpeechWindows(torch.utils.data.Dataset):
-    """The speech STFTs (frames, 513) cut into windows of `crop` frames, each used `repeats` times per epoch; each
-    use is one training mixture (with its own noise, drawn in `mask_loss`).
-
-    The windows are fixed: all randomness (the shuffle, and the noise and SNR in `mixture`) comes from the seeded
-    RNG that `fit` checkpoints, so a resumed run continues exactly. The models start each window from zero.
-    """
-
-    def __init__(self, spectra, crop, repeats=1):
-        self.spectra = [torch.from_numpy(S) for S in spectra]
-        self.windows = [(k, t) for k, S in enumerate(spectra) for t in window_starts(len(S), crop)]
-        self.crop, self.repeats = crop, repeats
-
-    def __len__(self):
-        return len(self.windows) * self.repeats
-
-    def __getitem__(self, i):
-        k, t = self.windows[i % len(self.windows)]
-        return self.spectra[k][t:t + self.crop]
-
-
-def pad_batch(items):
-    """[S of (frames_i, 513)] -> S (batch, max frames, 513) zero-padded, and the lengths (batch,)."""
-    return nn.utils.rnn.pad_sequence(items, batch_first=True), torch.tensor([len(S) for S in items])
-
-
-class NoisePool:
-    """Every training noise recording's STFT; `draw` takes a random stretch of a random one for each mixture."""
-
-    def __init__(self, spectra):
-        self.spectra = [torch.from_numpy(N) for N in spectra]
-
-    def draw(self, batch, frames):
-        """(batch, frames, 513): from a random recording, `frames` frames from a random start, wrapping around."""
-        picks = torch.randint(len(self.spectra), (batch,)).tolist()
-        starts = torch.rand(batch).tolist()
-        noise = []
-        for k, u in zip(picks, starts):
-            N = self.spectra[k]
-            noise.append(N[(int(u * len(N)) + torch.arange(frames)) % len(N)])
-        return torch.stack(noise)  # on the CPU: the same random draws on any device
-
 
 def mixture(S, N, lengths, band_fraction=0.0, snr_range=(-5.0, 5.0)):
     """|X| and the IBM of the mixtures X = S + g N (each (batch, frames, 513)), and the valid frames (batch, frames, 1).
 
     g scales each noise to a random SNR drawn uniformly from `snr_range` (the data's own range); X = S + g N is the
-    STFT of s + g n (the STFT is linear), so every step sees new mixtures of the recordings at no cost. And a
-    `band_fraction` of them lose their top frequencies, as a recording resampled to 16 kHz (or made at a lower
-    rate) does: a smooth low-pass from a random cutoff between 4 and 8 kHz, on speech and noise alike, which leaves
-    the IBM as it was; without it the models lose dB on such recordings.
-    """
+    STFT of s + g n, so every step sees new mixtures at no cost. A `band_fraction` of them lose their top frequencies
+    as resampled recordings do: a smooth low-pass from a random 4-8 kHz cutoff on speech and noise alike, which leaves
+    the IBM as it was; without it the models lose dB on such recordings."""
     device = S.device
     valid = (torch.arange(S.shape[1], device=device)[None, :] < lengths.to(device)[:, None])[..., None]
     N = N.to(device) * valid
@@ -315,21 +184,131 @@ def log_spectrum_stats(files):
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
-# ----------------------------------------------------------------------------- 3. training
+# ----------------------------------------------------------------------------- 3. the two maskers
 
-def masker_config(kind, args):
-    """The model's own config (what `build_masker` and the `denoise` command need)."""
-    if kind == "gru":
-        return {"kind": "gru", "hidden": args.hidden, "proj": args.proj, "dropout": args.dropout, "alpha": args.alpha,
-                "running_mean": args.running_mean}
-    return {"kind": "fc", "hidden": args.fc_hidden, "layers": args.fc_layers, "dropout": args.dropout,
-            "layer_norm": args.fc_layer_norm}
+class RunningMean(nn.Module):
+    """The causal running mean of the log spectrum, per bin: mean_t = sum_k a^(t-k) z_k / sum_k a^(t-k) (k = 1..t),
+    forgetting with a time constant of 1 / (1 - a) frames (a = 0.98: 50 frames, 1.6 s). z_t - mean_t says how far
+    this frame stands above what this bin has been doing (mostly the noise, where it is steady), as NSNet's online
+    normalisation does. State: the running sums (batch, 513) and (batch, 1) after the last frame."""
+
+    def __init__(self, alpha=0.98):
+        super().__init__()
+        self.alpha = alpha
+
+    @torch.no_grad()  # a function of the input alone: no parameters, no gradient needed
+    def forward(self, z, state=None):
+        """z (batch, frames, 513) -> running mean (batch, frames, 513), and the state after the last frame."""
+        total, weight = (z.new_zeros(z.shape[0], z.shape[2]), z.new_zeros(z.shape[0], 1)) if state is None else state
+        means = []
+        for t in range(z.shape[1]):
+            total = self.alpha * total + z[:, t]
+            weight = self.alpha * weight + 1
+            means.append(total / weight)
+        return torch.stack(means, 1), (total, weight)
+
+
+class LogSpectrum(nn.Module):
+    """log |X|, standardised per bin with the training set's statistics (a fixed, frame-wise map; training sets
+    `mean` and `std`, and they are saved with the weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(BINS))
+        self.register_buffer("std", torch.ones(BINS))
+
+    def forward(self, noisy_mag):
+        return (torch.log(noisy_mag + EPS) - self.mean) / self.std
+
+
+class GRUMasker(nn.Module):
+    """|X| frames -> mask logits, causally: the recurrent model of the homework. Per frame, the standardised log
+    spectrum z_t and z_t - mean_t go through a linear projection with LayerNorm, then a one-way GRU, whose state
+    carries what the frame cannot tell (the noise so far, the voice so far); the logits are the GRU's read-out plus a
+    linear path from the projection. `running_mean=False` (z_t alone) and `proj=0` are the ablation's variants."""
+
+    def __init__(self, hidden=256, proj=256, dropout=0.1, alpha=0.98, running_mean=True):
+        super().__init__()
+        self.log_spectrum = LogSpectrum()
+        self.running_mean = RunningMean(alpha) if running_mean else None
+        features = 2 * BINS if running_mean else BINS
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
+            if proj else nn.Dropout(dropout)
+        width = proj or features
+        self.rnn = nn.GRU(width, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, BINS)
+        self.skip = nn.Linear(width, BINS)
+
+    def forward(self, noisy_mag, state=None):
+        """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513), and the state to continue from."""
+        mean_state, rnn_state = (None, None) if state is None else state
+        z = self.log_spectrum(noisy_mag)  # (batch, frames, 513)
+        if self.running_mean is not None:
+            mean, mean_state = self.running_mean(z, mean_state)
+            z = torch.cat([z, z - mean], -1)  # (batch, frames, 2 x 513)
+        x = self.proj(z)  # (batch, frames, proj)
+        h, rnn_state = self.rnn(x, rnn_state)  # (batch, frames, hidden)
+        return self.out(self.drop(h)) + self.skip(x), (mean_state, rnn_state)
+
+
+class FCMasker(nn.Module):
+    """The homework's baseline: a fully-connected net that masks each frame from that frame alone."""
+
+    def __init__(self, hidden=512, layers=2, dropout=0.1, layer_norm=False):
+        super().__init__()
+        self.log_spectrum = LogSpectrum()
+        widths = [BINS] + [hidden] * layers
+        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
+                                nn.ReLU()) for a, b in zip(widths, widths[1:])]
+        self.net = nn.Sequential(*blocks, nn.Dropout(dropout), nn.Linear(widths[-1], BINS))
+
+    def forward(self, noisy_mag, state=None):
+        """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513); no state (the same interface)."""
+        return self.net(self.log_spectrum(noisy_mag)), None
+
+
+MASKERS = {"gru": GRUMasker, "fc": FCMasker}
+
+
+def build_masker(config):
+    """A masker from its config {'kind': 'gru' | 'fc', and that class's keyword arguments}."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in MASKERS:
+        raise UserError(f"unknown model kind {kind!r}")
+    try:
+        return MASKERS[kind](**config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the {kind} model config {config} is not usable ({str(e).strip()[:100]})") from None
+
+
+def load_denoiser(path):
+    """The masker in `path` (results/p4/denoiser.pt, or a training checkpoint), checked, in eval mode."""
+    return load_model(path, build_masker)
+
+
+# ----------------------------------------------------------------------------- 4. inference: the masked STFT
+
+def apply_mask(mask, X, length):
+    """The recovered signal: the inverse STFT of mask (.) X (the noisy phase kept), `length` samples."""
+    return istft(mask * X, length)
 
 
 def enhance(model, files):
-    """Masks and recovered signals of whole files (dicts with X, x) through the one inference path."""
+    """Masks and recovered signals of whole files (dicts with X, x)."""
     masks = predict_masks(model, [np.abs(f["X"]) for f in files])
     return masks, [apply_mask(M_hat, f["X"], len(f["x"])) for M_hat, f in zip(masks, files)]
+
+
+# ----------------------------------------------------------------------------- 5. training
+
+def training_config(kind, flags, fingerprint):
+    """A model's config from its flags' values (the FC's without their fc_ prefix): the masker's arguments under
+    "model" (what `build_masker` reads), the recipe and the data beside them; a checkpoint is reused only if equal."""
+    recipe = {name.removeprefix("fc_"): value for name, value in flags.items()}
+    model = {"kind": kind, **{name: recipe.pop(name) for name in inspect.signature(MASKERS[kind]).parameters}}
+    return {"model": model, **recipe, "data": fingerprint}
 
 
 def validation_numbers(model, v, power):
@@ -343,383 +322,127 @@ def validation_numbers(model, v, power):
     return {"val_loss": float(np.mean(loss)), "val_snr": float(np.mean(snr))}
 
 
-def recipe(kind, args):
-    """A model's training data, length and learning rate."""
-    if kind == "gru":
-        return {"epochs": args.epochs, "speeds": list(args.speeds), "crop": args.crop, "repeats": args.repeats,
-                "lr": args.lr}
-    return {"epochs": args.fc_epochs, "speeds": list(args.speeds), "crop": args.fc_crop, "repeats": args.repeats,
-            "lr": args.fc_lr}
-
-
-def train_masker(kind, args, sentences, noise, stats, v, fingerprint, device, name=None):
-    """Train (or reuse) the GRU or the FC on fresh mixtures of `sentences` (at the model's speeds) and `noise`,
-    keeping the epoch with the best `v` SNR. Returns (model in eval mode, its training config, history)."""
-    name = name or kind
-    model_config = masker_config(kind, args)
-    data = recipe(kind, args)
-    speech = [stft(at_speed(s, speed)) for s in sentences for speed in data["speeds"]]  # each (frames, 513)
-    config = {"model": model_config, **data, "band_fraction": args.band_fraction, "loss_power": args.loss_power,
-              "batch_size": args.batch_size, "weight_decay": args.weight_decay, "seed": args.seed, "data": fingerprint}
-    seed_everything(args.seed)
-    model = build_masker(model_config)
+def train_masker(kind, args, flags, sentences, noise, stats, v, fingerprint, device, name=None):
+    """Train (or reuse) the GRU or the FC, defined by the flags of `args` named in `flags`, on fresh mixtures of
+    `sentences` and `noise`, keeping the epoch with the best `v` SNR: (model in eval mode, its config, history)."""
+    config = training_config(kind, {name: getattr(args, name) for name in flags}, fingerprint)
+    speech = [stft(at_speed(s, speed)) for s in sentences for speed in config["speeds"]]  # each (frames, 513)
+    seed_everything(config["seed"])
+    model = build_masker(config["model"])
     model.log_spectrum.mean.copy_(stats[0])
     model.log_spectrum.std.copy_(stats[1])
-    loss_fn = functools.partial(mask_loss, noise=noise, power=args.loss_power, band_fraction=args.band_fraction)
+    loss_fn = functools.partial(mask_loss, noise=noise, power=config["loss_power"],
+                                band_fraction=config["band_fraction"])
     history = train_or_reuse(
-        model.to(device), loss_fn, SpeechWindows(speech, data["crop"], data["repeats"]),
-        validate=lambda m: validation_numbers(m, v, args.loss_power), monitor="val_snr", mode="max", warmup=0.1,
-        epochs=config["epochs"], batch_size=args.batch_size, lr=config["lr"], weight_decay=args.weight_decay,
-        seed=args.seed, clip_grad=1.0, collate_fn=pad_batch, ckpt_path=args.ckpt_dir / f"p4_{name}.pt",
-        config=config, resume=args.resume, device=device, desc=f"p4 {name}", quiet=args.quiet)
+        model.to(device), loss_fn, SpeechWindows(speech, config["crop"], config["repeats"]),
+        validate=lambda m: validation_numbers(m, v, config["loss_power"]), monitor="val_snr", mode="max", warmup=0.1,
+        epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"], weight_decay=config["weight_decay"],
+        seed=config["seed"], clip_grad=1.0, collate_fn=pad_batch, ckpt_path=args.ckpt_dir / f"p4_{name or kind}.pt",
+        config=config, resume=args.resume, device=device, precision=config["precision"], desc=f"p4 {name or kind}",
+        quiet=args.quiet)
     return model.eval(), config, history
 
 
-# ----------------------------------------------------------------------------- 4. evaluation
-
-def spread(values):
-    """Mean, sample std, standard error of the mean and median of per-file numbers."""
-    values = np.asarray(values, np.float64)
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(values.mean()), "std": std, "sem": std / np.sqrt(len(values)),
-            "median": float(np.median(values))}
-
-
-def perceptual_scores(pair):
-    """(STOI, wideband PESQ) of one estimate against its clean speech; PESQ is None where it finds no speech."""
-    from pesq import PesqError, pesq
-    from pystoi import stoi
-    s, y = pair
-    quality = pesq(RATE, s, y, "wb", on_error=PesqError.RETURN_VALUES)
-    return float(stoi(s, y, RATE)), (float(quality) if quality >= 0 else None)
-
-
-def score_v(v, outputs, workers):
-    """Per-file SNR, SI-SDR, STOI and PESQ of each system's outputs {name: [signal per file]} on `v`."""
-    scores = {}
-    pairs = [(f["s"], y) for name in outputs for f, y in zip(v, outputs[name])]
-    if workers > 1:  # PESQ is slow (13 ms per second of audio); fresh processes, not forks of this threaded one
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            perceptual = list(pool.map(perceptual_scores, pairs, chunksize=16))
-    else:
-        perceptual = [perceptual_scores(pair) for pair in pairs]
-    for k, name in enumerate(outputs):
-        block = perceptual[k * len(v):(k + 1) * len(v)]
-        scores[name] = {"snr_db": [snr_db(f["s"], y) for f, y in zip(v, outputs[name])],
-                        "si_sdr_db": [si_sdr_db(f["s"], y) for f, y in zip(v, outputs[name])],
-                        "stoi": [q[0] for q in block], "pesq": [q[1] for q in block]}
-    return scores
-
-
-def summarise(values):
-    """`spread` of the numbers that exist (PESQ can be None), with how many there were."""
-    kept = [x for x in values if x is not None]
-    return {**spread(kept), "files": len(kept)}
-
-
-# ----------------------------------------------------------------------------- 5. outputs
-
-def write_te(model_path, te, out, threads):
-    """The denoised test mixtures as out/te_denoised/<input name>.wav, written by the `denoise` command itself,
-    and out/te_denoised.zip (as the homework asks) with fixed timestamps: the same model gives the same zip."""
-    folder = out / "te_denoised"
-    denoise_main([str(f["path"]) for f in te] + ["--out-dir", str(folder), "--model", str(model_path),
-                                                 "--threads", str(threads), "--quiet"])
-    with atomic_path(out / "te_denoised.zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-        for f in te:
-            z.writestr(zipfile.ZipInfo(f["name"], date_time=(2020, 1, 1, 0, 0, 0)), (folder / f["name"]).read_bytes())
-    return folder
-
-
-def example_indices(names, lengths, count=3):
-    """`count` short files, each under a different kind of noise (file number mod 10), spread over the split."""
-    chosen, kinds = [], set()
-    for i in sorted(range(len(names)), key=lambda i: (lengths[i], i)):
-        if i % 10 not in kinds:
-            chosen.append(i)
-            kinds.add(i % 10)
-        if len(chosen) == count:
-            break
-    return sorted(chosen)
-
-
-def write_examples(v, gru_outputs, te, te_folder, out):
-    """A few short examples for the report's players: noisy / denoised / clean for v, noisy / denoised for te.
-    Returns {split: [{"file", "kind", "path" (relative to out)}]}."""
-    written = {"v": [], "te": []}
-    for i in example_indices([f["name"] for f in v], [len(f["x"]) for f in v]):
-        f, stem = v[i], v[i]["name"].replace("vx", "v").removesuffix(".wav")
-        for kind, y in (("noisy", f["x"]), ("denoised", gru_outputs[i]), ("clean", f["s"])):
-            write_audio(out / "audio" / f"{stem}_{kind}.wav", y)
-            written["v"].append({"file": f["name"], "kind": kind, "path": f"audio/{stem}_{kind}.wav"})
-    lengths = [read_audio(f["path"])[0].shape[0] for f in te]
-    for i in example_indices([f["name"] for f in te], lengths):
-        f, stem = te[i], te[i]["name"].replace("tex", "te").removesuffix(".wav")
-        for kind, path in (("noisy", f["path"]), ("denoised", te_folder / f["name"])):
-            write_audio(out / "audio" / f"{stem}_{kind}.wav", read_audio(path, RATE)[0])
-            written["te"].append({"file": f["name"], "kind": kind, "path": f"audio/{stem}_{kind}.wav"})
-    return written
-
-
-# ----------------------------------------------------------------------------- 6. figures
-
-def make_figures(metrics, v, masks, outputs, out):
-    from common.plot import plt, save_figure
-
-    history, systems = metrics["history"], metrics["v"]["systems"]
-    labels = {"gru": "GRU", "fc": "FC baseline", "noisy": "noisy input", "oracle_ibm": "oracle IBM"}
-    colors = {"gru": "C0", "fc": "C1", "noisy": "0.5", "oracle_ibm": "k"}
-    figures = {}
-
-    def save(fig, name, **kw):
-        save_figure(fig, out / name, **kw)
-        figures[name.removesuffix(".png")] = name  # relative to metrics.json, as make_report.py reads it
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind in ("gru", "fc"):
-        epochs, color = [h["epoch"] for h in history[kind]], colors[kind]
-        ax1.plot(epochs, [h["train_loss"] for h in history[kind]], color=color, marker=".", label=f"{labels[kind]} tr")
-        ax1.plot(epochs, [h["val_loss"] for h in history[kind]], color=color, ls="--", label=f"{labels[kind]} v")
-        ax2.plot(epochs, [h["val_snr"] for h in history[kind]], color=color, marker=".", label=labels[kind])
-        best = metrics["models"][kind]["best_epoch"]
-        ax2.plot([best], [history[kind][best - 1]["val_snr"]], "o", mfc="none", color=color, ms=9)
-    for kind, ls in (("oracle_ibm", ":"), ("noisy", "-.")):
-        mean = systems[kind]["snr_db"]["mean"]
-        ax2.axhline(mean, color=colors[kind], ls=ls, lw=1, label=f"{labels[kind]} {mean:.1f} dB")
-    ax1.set(xlabel="epoch", ylabel="|X|-weighted BCE against the IBM", title="P4: loss (solid: tr, dashed: v)")
-    ax2.set(xlabel="epoch", ylabel="mean SNR on v (dB)", title="P4: v SNR per epoch (circle: kept epoch)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    save(fig, "training_curves.png")
-
-    per_file = metrics["per_file"]["snr_db"]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    bins = np.linspace(min(min(x) for x in per_file.values()), max(max(x) for x in per_file.values()), 40)
-    for kind in ("noisy", "fc", "gru", "oracle_ibm"):
-        stat = systems[kind]["snr_db"]
-        ax.hist(per_file[kind], bins=bins, histtype="step", lw=1.5, color=colors[kind],
-                label=f"{labels[kind]}: {stat['mean']:.2f} +- {stat['std']:.2f} dB")
-    ax.set(xlabel="SNR of the recovered speech (dB)", ylabel="files",
-           title=f"P4: SNR over the {len(v)} v files (mean +- std)")
-    ax.set_ylim(top=1.4 * ax.get_ylim()[1])  # room for the legend
-    ax.legend(fontsize=8, ncol=2, loc="upper center")
-    ax.grid(alpha=0.3)
-    save(fig, "snr_histogram.png")
-
-    noisy_snr = np.array(per_file["noisy"])
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    edges = np.linspace(np.floor(noisy_snr.min()), np.ceil(noisy_snr.max()), 6)
-    for kind in ("fc", "gru", "oracle_ibm"):
-        gain = np.array(per_file[kind]) - noisy_snr
-        ax.scatter(noisy_snr, gain, s=4, alpha=0.35, color=colors[kind])
-        which = np.clip(np.digitize(noisy_snr, edges) - 1, 0, len(edges) - 2)
-        centres = [(edges[j] + edges[j + 1]) / 2 for j in range(len(edges) - 1) if (which == j).any()]
-        means = [gain[which == j].mean() for j in range(len(edges) - 1) if (which == j).any()]
-        ax.plot(centres, means, color=colors[kind], marker="o", label=f"{labels[kind]} (mean per 2 dB of input)")
-    ax.set(xlabel="input SNR of the mixture (dB)", ylabel="SNR gain (dB)", title="P4: SNR gain against input SNR (v)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    save(fig, "snr_gain_vs_input.png")
-
-    by_noise = metrics["by_noise"]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    kinds = ["noisy", "fc", "gru", "oracle_ibm"]
-    positions = np.arange(len(by_noise["snr_db"]["gru"]))
-    for j, kind in enumerate(kinds):
-        ax.bar(positions + (j - 1.5) * 0.2, by_noise["snr_db"][kind], width=0.2, color=colors[kind], label=labels[kind])
-    ax.set_xticks(positions, [str(name) for name in by_noise["noise"][:len(positions)]], rotation=20)
-    ax.set(ylabel="mean SNR on v (dB)", title="P4: v SNR by kind of noise (file number mod 10)")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylim(top=1.25 * max(max(by_noise["snr_db"][kind]) for kind in kinds))
-    ax.legend(fontsize=8, ncol=4, loc="upper left")
-    ax.grid(alpha=0.3, axis="y")
-    save(fig, "snr_by_noise.png")
-
-    i = int(np.argsort(per_file["gru"])[len(v) // 2])  # a typical file: the median GRU SNR
-    f, M_hat = v[i], masks["gru"][i]
-    ref = np.abs(f["X"]).max()
-
-    def db(S):
-        return 20 * np.log10(np.maximum(np.abs(S), 1e-5 * ref) / ref)
-
-    panels = [("noisy |X| (dB)", db(f["X"]), "magma"), ("clean |S| (dB)", db(stft(f["s"])), "magma"),
-              ("ideal binary mask", f["mask"], "gray"), ("predicted mask (GRU)", M_hat, "gray"),
-              (f"denoised (dB), SNR {per_file['gru'][i]:.1f} dB", db(stft(outputs["gru"][i])), "magma")]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 10), sharex=True)
-    extent = [0, len(f["x"]) / RATE, 0, RATE / 2000]
-    for ax, (title, image, cmap) in zip(axes, panels):
-        shown = ax.imshow(image.T, origin="lower", aspect="auto", extent=extent, cmap=cmap,
-                          vmin=-80 if cmap == "magma" else 0, vmax=0 if cmap == "magma" else 1)
-        ax.set(ylabel="kHz", title=title)
-        fig.colorbar(shown, ax=ax, pad=0.01)
-    axes[-1].set_xlabel(f"seconds ({f['name']})")
-    save(fig, "spectrograms.png", dpi=80)  # five noisy images: keep the file small
-    return figures
-
-
-# ----------------------------------------------------------------------------- 7. ablation
+# ----------------------------------------------------------------------------- 6. ablation
 
 # each variant changes one thing of the main run's recipe (the flags it overrides), trained with the same seed
+THREE_SPEEDS = {"speeds": [0.9, 1.0, 1.1], "repeats": 3}
 ABLATIONS = [
     ("gru", "the GRU of the main run", "gru", {}),
     ("gru_no_running_mean", "without the running mean: the GRU reads z_t alone", "gru", {"running_mean": False}),
     ("gru_no_projection", "without the input projection and its LayerNorm", "gru", {"proj": 0}),
-    ("gru_three_speeds", "the training sentences at speeds 0.9, 1, 1.1 (repeats 10 / 3)", "gru",
-     {"speeds": (0.9, 1.0, 1.1), "repeats": 3}),
+    ("gru_three_speeds", "the training sentences at speeds 0.9, 1, 1.1 (repeats 10 / 3)", "gru", THREE_SPEEDS),
     ("gru_no_band_limit", "no band-limited training mixtures", "gru", {"band_fraction": 0.0}),
     ("fc", "the FC of the main run", "fc", {}),
-    ("fc_three_speeds", "the FC on speeds 0.9, 1, 1.1 (repeats 10 / 3)", "fc", {"speeds": (0.9, 1.0, 1.1),
-                                                                              "repeats": 3}),
+    ("fc_three_speeds", "the FC on speeds 0.9, 1, 1.1 (repeats 10 / 3)", "fc", THREE_SPEEDS),
     ("fc_layer_norm", "the FC with LayerNorm after each hidden layer", "fc", {"fc_layer_norm": True}),
     ("fc_windows_96", "the FC on the GRU's 96-frame windows (half the steps)", "fc", {"fc_crop": 96}),
     ("fc_1024x2", "a wider FC: 2 x 1024 (twice the compute)", "fc", {"fc_hidden": 1024}),
 ]
 
 
-def run_ablation(args, sentences, noise, v, stats, fingerprint, device):
+def ablation(args, flags, data, device):
     """Train every variant of ABLATIONS (checkpoints p4_ablation_<name>.pt) and write ablation.json."""
-    rows = []
-    for name, what, kind, overrides in ABLATIONS:
-        variant = argparse.Namespace(**{**vars(args), **overrides})
-        t = time.time()
-        model, config, history = train_masker(kind, variant, sentences, noise, stats, v, fingerprint, device,
-                                              name=None if name == kind else f"ablation_{name}")
-        snr = [snr_db(f["s"], y) for f, y in zip(v, enhance(model, v)[1])]
-        rows.append({"name": name, "what": what, "kind": kind, "overrides": {k: list(x) if isinstance(x, tuple) else x
-                                                                             for k, x in overrides.items()},
-                     "v_snr_db": spread(snr), "v_snr_db_per_file": np.round(snr, 3).tolist(),
-                     "best_epoch": 1 + int(np.argmax([h["val_snr"] for h in history])), "epochs": len(history),
-                     "seconds": time.time() - t})
-        print(f"[p4 ablation] {name}: v SNR {rows[-1]['v_snr_db']['mean']:.2f} dB", flush=True)
-    save_json(args.out / "ablation.json", {"rows": rows, "seed": args.seed, "data": fingerprint,
-                                           "dry_run": args.dry_run, "command": "python p4_denoise.py --ablation"})
+    sentences, noise, stats, v, fingerprint = data
+
+    def train(name, kind, variant):
+        return train_masker(kind, variant, flags[kind], sentences, noise, stats, v, fingerprint, device,
+                            name=None if name == kind else f"ablation_{name}")
+
+    run_ablation(ABLATIONS, args, train, lambda model: [snr_db(f["s"], y) for f, y in zip(v, enhance(model, v)[1])],
+                 args.out / "ablation.json", metric="v_snr_db", monitor="val_snr", seed=args.seed, data=fingerprint,
+                 dry_run=args.dry_run, command="python p4_denoise.py --ablation")
 
 
-def load_ablation(path, fingerprint, seed):
-    """ablation.json if an --ablation run wrote it for this data and seed (the main run reports it), else None."""
-    if not path.is_file():
-        return None
-    try:
-        ablation = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{shown_path(path)} is not readable ({type(e).__name__}); delete it or rerun "
-                        f"python p4_denoise.py --ablation")
-    if not isinstance(ablation, dict) or ablation.get("data") != fingerprint or ablation.get("seed") != seed:
-        return None
-    return ablation
+# ----------------------------------------------------------------------------- 7. results
+
+def enhance_v(models, v):
+    """Each system's masks and outputs on `v`: the noisy input, the FC, the GRU and the oracle IBM (the true mask)."""
+    masks, outputs = {}, {"noisy": [f["x"] for f in v]}
+    for kind in ("fc", "gru"):
+        masks[kind], outputs[kind] = enhance(models[kind], v)
+    outputs["oracle_ibm"] = [apply_mask(f["mask"], f["X"], len(f["x"])) for f in v]
+    return masks, outputs
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["denoise"]:
-        return denoise_main(argv[1:])
-    args = get_args(argv)
+    if argv[:1] in (["denoise"], ["te-zip"]):
+        return (denoise_main if argv[0] == "denoise" else te_zip_main)(argv[1:], load_denoiser)
+    args, flags = get_args(argv)
     resolve_dirs(args, "p4")
     device = init_distributed(pick_device(args.device))
-    t_start = time.time()
-    seconds = {}
+    args.precision = resolve_precision(args.precision, device)  # what "auto" means on this machine
+    t_start, seconds = time.time(), {}
 
     data_dir = ensure_data(args.data_dir)
-    limits = {"tr": 20, "v": 10, "te": 5} if args.dry_run else {}  # a handful of files, the real code path
-    if args.dry_run:
-        args.epochs = args.fc_epochs = 1
-    digest = hashlib.sha256()
-    tr, v, te = (load_split(data_dir, split, limits.get(split), digest if split != "te" else None) for split in SPLITS)
-    fingerprint = digest.hexdigest()[:16]  # the tr and v waveforms: new data means new models
-    sentences = distinct_speech(tr)
-    noise = NoisePool([stft(f["n"]) for f in tr])
-    stats = log_spectrum_stats(tr)
+    tr, v, te, fingerprint = load_data(data_dir, args.dry_run)
+    sentences, noise, stats = distinct_speech(tr), NoisePool([stft(f["n"]) for f in tr]), log_spectrum_stats(tr)
     seconds["data"] = time.time() - t_start
     if is_main():
-        print(f"[p4] {data_dir}: {len(tr)} tr, {len(v)} v, {len(te)} te files; {len(sentences)} distinct training "
-              f"sentences, {len(tr)} noise recordings; loaded in {seconds['data']:.0f} s", flush=True)
+        print(f"[p4] {data_dir}: {len(tr)} tr, {len(v)} v, {len(te)} te; {len(sentences)} sentences", flush=True)
     if args.ablation:
-        return run_ablation(args, sentences, noise, v, stats, fingerprint, device)
+        return ablation(args, flags, (sentences, noise, stats, v, fingerprint), device)
 
     trained = {}
     for kind in ("gru", "fc"):
         t = time.time()
-        trained[kind] = train_masker(kind, args, sentences, noise, stats, v, fingerprint, device)
+        trained[kind] = train_masker(kind, args, flags[kind], sentences, noise, stats, v, fingerprint, device)
         seconds[f"train_{kind}"] = time.time() - t
     if not is_main():
         return
-    (gru, gru_config, _), (fc, _, _) = trained["gru"], trained["fc"]
-    gru, fc = gru.cpu(), fc.cpu()  # scoring and the saved model run on the CPU, as the `denoise` command does
-
-    # the deliverable: the GRU in the form the `denoise` command loads
-    save_checkpoint(args.out / "denoiser.pt", config=gru_config, model=gru.state_dict())
+    models = {kind: model.cpu() for kind, (model, _, _) in trained.items()}  # scored on the CPU, as `denoise` runs
+    save_checkpoint(args.out / "denoiser.pt", config=trained["gru"][1], model=models["gru"].state_dict())
 
     t = time.time()
-    masks, outputs = {}, {"noisy": [f["x"] for f in v]}
-    for kind, model in (("fc", fc), ("gru", gru)):
-        masks[kind], outputs[kind] = enhance(model, v)
-    outputs["oracle_ibm"] = [apply_mask(f["mask"], f["X"], len(f["x"])) for f in v]
-    scores = score_v(v, outputs, workers=min(os.cpu_count() or 1, 2))
-    seconds["score"] = time.time() - t
-    t = time.time()
-    te_folder = write_te(args.out / "denoiser.pt", te, args.out, threads=1)  # one stream: one thread is fastest
-    examples = write_examples(v, outputs["gru"], te, te_folder, args.out)
+    masks, outputs = enhance_v(models, v)
+    scores = score_systems([f["s"] for f in v], outputs)
+    metrics = summarize_scores([f["name"] for f in v], scores, NOISE_TYPES if data_dir == DEFAULT_DATA else range(10))
+    seconds["score"], t = time.time() - t, time.time()
+    with torch_threads(1):  # one stream at a time: one thread is fastest
+        metrics["te_output"] = write_te_zip(models["gru"], te, args.out / "te_denoised.zip")
+        metrics["examples"] = write_examples(v, outputs, {k: s["snr_db"] for k, s in scores.items()}, te,
+                                             models["gru"], args.out)
     seconds["te_and_examples"] = time.time() - t
-
-    snr = {name: np.array(s["snr_db"]) for name, s in scores.items()}
-    gain = snr["gru"] - snr["fc"]
-    kinds = len(NOISE_TYPES) if data_dir == DEFAULT_DATA else 10
-    by_noise = {"noise": NOISE_TYPES if data_dir == DEFAULT_DATA else list(range(10)),
-                "snr_db": {name: [float(x[j::10].mean()) for j in range(min(kinds, len(x)))]
-                           for name, x in snr.items()},
-                "gru_minus_fc_db": [float(gain[j::10].mean()) for j in range(min(kinds, len(gain)))]}
-    systems = {name: {metric: summarise(values) for metric, values in s.items()} for name, s in scores.items()}
-    mean = {name: {metric: stat["mean"] for metric, stat in system.items()} for name, system in systems.items()}
-    better_types = sum(g > 0 for g in by_noise["gru_minus_fc_db"])
-    metrics = {
-        "v": {"files": len(v), "systems": systems},
-        "gru_minus_fc_db": {**spread(gain), "files_gru_better": int((gain > 0).sum()), "files": len(gain),
-                            "fraction_gru_better": float((gain > 0).mean())},
-        "by_noise": by_noise,
-        "required": {"gru_beats_fc": goal(mean["gru"]["snr_db"], above=mean["fc"]["snr_db"], unit="dB")},
-        "goals": {  # issue 10's bars
-            "gru_snr_db": goal(mean["gru"]["snr_db"], at_least=9.5, unit="dB"),
-            "gru_minus_fc_db": goal(gain.mean(), at_least=1.5, unit="dB", sem=spread(gain)["sem"]),
-            "fraction_of_files_gru_better": goal((gain > 0).mean(), at_least=0.75),
-            "noise_types_gru_better": goal(better_types, at_least=len(by_noise["gru_minus_fc_db"])),
-            **{f"{metric}_{a}_over_{b}": goal(mean[a][metric] - mean[b][metric], above=0.0)
-               for metric in ("stoi", "pesq") for a, b in (("gru", "fc"), ("fc", "noisy"))}},
-        "models": {kind: {"config": config, "params": sum(p.numel() for p in model.parameters()),
-                          "best_epoch": 1 + int(np.argmax([h["val_snr"] for h in history])),
-                          "epochs_run": len(history), "train_seconds": sum(h["train_seconds"] for h in history)}
-                   for kind, (model, config, history) in trained.items()},
-        "history": {kind: history for kind, (_, _, history) in trained.items()},
-        "per_file": {"names": [f["name"] for f in v],
-                     **{metric: {name: np.round(np.array(s[metric], dtype=float), 4).tolist() for name, s in
-                                 scores.items()} for metric in ("snr_db", "si_sdr_db", "stoi")}},
-        "data": {"folder": shown_path(data_dir), "files": {"tr": len(tr), "v": len(v), "te": len(te)},
-                 "distinct_training_sentences": len(sentences), "noise_recordings": len(tr),
-                 "fingerprint": fingerprint},
-        "examples": examples,
-        "ablation": load_ablation(args.out / "ablation.json", fingerprint, args.seed),
-        "te_output": {"folder": shown_path(te_folder), "zip": shown_path(args.out / "te_denoised.zip"),
-                      "files": len(te), "command": f"python p4_denoise.py denoise {shown_path(data_dir / 'te')} "
-                                                   f"--out-dir {shown_path(te_folder)}"},
-        "model_file": shown_path(args.out / "denoiser.pt"),
-        "device": str(device), "threads": torch.get_num_threads(), "dry_run": args.dry_run,
-    }
+    metrics.update(models=model_records(trained), history={kind: h for kind, (_, _, h) in trained.items()},
+                   data={"folder": shown_path(data_dir), "files": {"tr": len(tr), "v": len(v), "te": len(te)},
+                         "distinct_training_sentences": len(sentences), "noise_recordings": len(tr),
+                         "fingerprint": fingerprint},
+                   ablation=read_ablation(args.out / "ablation.json", data=fingerprint, seed=args.seed),
+                   model_file=shown_path(args.out / "denoiser.pt"), device=str(device),
+                   threads=torch.get_num_threads(), machine=machine(device, args.precision), dry_run=args.dry_run)
     save_config(args.out / "config.json", args)
     t = time.time()
     metrics["figures"] = make_figures(metrics, v, masks, outputs, args.out)
     seconds["figures"] = time.time() - t
     metrics.update(seconds=seconds, wall_seconds=time.time() - t_start, cpu_seconds=time.process_time())
     save_json(args.out / "metrics.json", metrics)
-    m = metrics["v"]["systems"]
-    print(f"[p4] v SNR (dB, mean over {len(v)} files): noisy {m['noisy']['snr_db']['mean']:.2f}, "
-          f"FC {m['fc']['snr_db']['mean']:.2f}, GRU {m['gru']['snr_db']['mean']:.2f}, oracle IBM "
-          f"{m['oracle_ibm']['snr_db']['mean']:.2f}; GRU - FC {gain.mean():+.2f} dB (sem "
-          f"{metrics['gru_minus_fc_db']['sem']:.2f}, better on {int((gain > 0).sum())} files); "
-          f"{metrics['wall_seconds']:.0f} s; wrote {shown_path(args.out / 'metrics.json')}")
+    m, gain = {k: s["snr_db"]["mean"] for k, s in metrics["v"]["systems"].items()}, metrics["gru_minus_fc_db"]
+    print(f"[p4] v SNR (dB, mean over {len(v)} files): noisy {m['noisy']:.2f}, FC {m['fc']:.2f}, GRU {m['gru']:.2f}, "
+          f"oracle IBM {m['oracle_ibm']:.2f}; GRU - FC {gain['mean']:+.2f} dB (sem {gain['sem']:.2f}, better on "
+          f"{gain['files_gru_better']} files); {metrics['wall_seconds']:.0f} s; wrote {shown_path(args.out)}")
 
 
 if __name__ == "__main__":

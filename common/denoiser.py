@@ -1,15 +1,17 @@
-"""Problem 4's trained denoiser as a product: its causal features, the two maskers, the checkpoint format, and the
-one inference path (STFT -> mask -> inverse STFT) that training's evaluation, the `te` outputs, the benchmark and
-the `denoise` command all run. Importable without the training code (p4_denoise.py trains the models).
+"""Problem 4's trained denoiser as a product: loading a masker, running it over whole files (`predict_masks`) or
+streaming it over sound files (`Denoiser`, `denoise_file`), the `denoise` command, and the denoised `te` mixtures
+zipped for hand-in. The masker itself (its features, the GRU and the FC, `build_masker`) is the homework's and
+lives in p4_denoise.py, which hands its `load_denoiser` to the commands here.
 
-Shapes: a magnitude spectrogram `noisy_mag` is (batch, frames, 513); a mask is the same shape, in [0, 1].
-Causality (the homework's equation 12): the mask at frame t depends on frames 1..t only. Every module here keeps
-that, and carries a state from one block of frames to the next, so a file streamed in blocks gives exactly the
-result of the whole file at once.
+A masker maps |X| (batch, frames, 513) and a state to mask logits of the same shape and the next state, causally
+(the mask at frame t from frames 1..t), so a file streamed in blocks gives exactly the result of the whole file.
 """
+import contextlib
 import os
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,151 +19,85 @@ import soxr
 import torch
 from torch import nn
 
-from .audio import BINS, ISTFT, RATE, STFT, AudioReader, AudioWriter, istft
+from .audio import FORMATS, ISTFT, RATE, STFT, AudioReader, AudioWriter, decoder_warnings_silenced, file_kind
+from .speech_data import DEFAULT_DATA, ensure_data
 from .train import best_weights, load_checkpoint
-from .utils import ROOT, UserError
+from .utils import (ROOT, ArgumentParser, Stopped, UserError, atomic_path, bounded_float, bounded_int, shown_path,
+                    torch_threads)
 
-EPS = 1e-5  # floor under |X| before the log (|X| of a full-scale sine is about 256)
 DEFAULT_MODEL = ROOT / "results" / "p4" / "denoiser.pt"
 
 
-# ----------------------------------------------------------------------------- features
+# ----------------------------------------------------------------------------- the checkpoint
 
-class RunningMean(nn.Module):
-    """The causal running mean of the log spectrum, per bin: what a frame alone cannot tell.
-
-    mean_t = sum_k a^(t-k) z_k / sum_k a^(t-k) (k = 1..t): an exponentially weighted mean that starts as the plain
-    mean of the frames so far and forgets with a time constant of 1 / (1 - a) frames (a = 0.98: 50 frames, 1.6 s).
-    z_t - mean_t says how far this frame stands above what this bin has been doing (mostly the noise, where the
-    noise is steady), as NSNet's online normalisation does. State: the running sums (sum a^(t-k) z_k (batch, 513),
-    sum a^(t-k) (batch, 1)) after the last frame.
-    """
-
-    def __init__(self, alpha=0.98):
-        super().__init__()
-        self.alpha = alpha
-
-    @torch.no_grad()  # a function of the input alone: no parameters, no gradient needed
-    def forward(self, z, state=None):
-        """z (batch, frames, 513) -> running mean (batch, frames, 513), and the state after the last frame."""
-        total, weight = (z.new_zeros(z.shape[0], z.shape[2]), z.new_zeros(z.shape[0], 1)) if state is None else state
-        means = []
-        for t in range(z.shape[1]):
-            total = self.alpha * total + z[:, t]
-            weight = self.alpha * weight + 1
-            means.append(total / weight)
-        return torch.stack(means, 1), (total, weight)
-
-
-class LogSpectrum(nn.Module):
-    """log |X|, standardised per bin with the training set's statistics (a fixed, frame-wise map; training sets
-    `mean` and `std`, and they are saved with the weights)."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(BINS))
-        self.register_buffer("std", torch.ones(BINS))
-
-    def forward(self, noisy_mag):
-        return (torch.log(noisy_mag + EPS) - self.mean) / self.std
-
-
-# ----------------------------------------------------------------------------- the two maskers
-
-class GRUMasker(nn.Module):
-    """|X| frames -> mask logits, causally: the recurrent model of the homework.
-
-    Per frame, the standardised log spectrum z_t and its distance from its running mean (z_t - mean_t) go through a
-    linear projection with LayerNorm, then a one-way GRU, whose state carries what the frame cannot tell (the noise
-    so far, the voice so far). The logits are the GRU's read-out plus a linear path straight from the projection.
-    `running_mean=False` feeds z_t alone and `proj=0` leaves out the projection (the GRU reads the features): the
-    ablation's variants.
-    """
-
-    def __init__(self, hidden=256, proj=256, dropout=0.1, alpha=0.98, running_mean=True):
-        super().__init__()
-        self.log_spectrum = LogSpectrum()
-        self.running_mean = RunningMean(alpha) if running_mean else None
-        features = 2 * BINS if running_mean else BINS
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
-            if proj else nn.Dropout(dropout)
-        width = proj or features
-        self.rnn = nn.GRU(width, hidden, batch_first=True)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, BINS)
-        self.skip = nn.Linear(width, BINS)
-
-    def forward(self, noisy_mag, state=None):
-        """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513), and the state to continue from."""
-        mean_state, rnn_state = (None, None) if state is None else state
-        z = self.log_spectrum(noisy_mag)  # (batch, frames, 513)
-        if self.running_mean is not None:
-            mean, mean_state = self.running_mean(z, mean_state)
-            z = torch.cat([z, z - mean], -1)  # (batch, frames, 2 x 513)
-        x = self.proj(z)  # (batch, frames, proj)
-        h, rnn_state = self.rnn(x, rnn_state)  # (batch, frames, hidden)
-        return self.out(self.drop(h)) + self.skip(x), (mean_state, rnn_state)
-
-
-class FCMasker(nn.Module):
-    """The homework's baseline: a fully-connected net that masks each frame from that frame alone."""
-
-    def __init__(self, hidden=512, layers=2, dropout=0.1, layer_norm=False):
-        super().__init__()
-        self.log_spectrum = LogSpectrum()
-        widths = [BINS] + [hidden] * layers
-        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
-                                nn.ReLU()) for a, b in zip(widths, widths[1:])]
-        self.net = nn.Sequential(*blocks, nn.Dropout(dropout), nn.Linear(widths[-1], BINS))
-
-    def forward(self, noisy_mag, state=None):
-        """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513); no state (the same interface)."""
-        return self.net(self.log_spectrum(noisy_mag)), None
-
-
-MASKERS = {"gru": GRUMasker, "fc": FCMasker}
-
-
-def build_masker(config):
-    """A masker from its config {'kind': 'gru' | 'fc', and that class's keyword arguments}."""
-    config = dict(config)
-    kind = config.pop("kind", None)
-    if kind not in MASKERS:
-        raise UserError(f"unknown model kind {kind!r}")
-    try:
-        return MASKERS[kind](**config)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"the {kind} model config {config} is not usable ({str(e).strip()[:100]})")
-
-
-def load_denoiser(path):
+def load_model(path, build):
     """The masker in a checkpoint written by p4_denoise.py (results/p4/denoiser.pt, or a training checkpoint in
-    checkpoints/), in eval mode; loaded with weights_only=True, its digest and finiteness checked."""
+    checkpoints/), built by `build(config)` (p4_denoise.build_masker), in eval mode.
+
+    Loaded with weights_only=True, its digest and finiteness checked (`load_checkpoint`), and the shapes its config
+    implies compared with its tensors on the meta device before any memory is taken: a config that asks for a
+    model of gigabytes is refused at once. Every problem is one UserError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model {path} not found; train one with `python p4_denoise.py` or pass --model")
-    ckpt = load_checkpoint(path)
-    config = ckpt.get("config", {})
+    kind = file_kind(path)
+    if kind != "file":
+        raise UserError(f"model {path} not found; train one with `python p4_denoise.py` or pass --model"
+                        if kind == "missing" else f"model {path} is {kind}, not a model file; pass --model with "
+                                                  f"a model p4_denoise.py wrote")
+    try:
+        open(path, "rb").close()
+        ckpt = load_checkpoint(path)
+    except OSError as e:
+        raise UserError(f"cannot read model {path}: {e.strerror}") from None
+    except UserError as e:
+        if _is_sound_file(path):
+            raise UserError(f"model {path} is a sound file, not a model: give recordings as PATH, and --model a "
+                            f"model p4_denoise.py wrote (default {DEFAULT_MODEL.relative_to(ROOT)})") from None
+        raise UserError(str(e).replace("; delete it and run again", "; pass --model with a model p4_denoise.py "
+                                                                    "wrote")) from None
+    config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise UserError(f"{path} holds no masker config; it was not written by p4_denoise.py")
-    model = build_masker(config["model"])
+    weights = best_weights(ckpt)
+    weights = weights if isinstance(weights, dict) else {}
     try:
-        model.load_state_dict(best_weights(ckpt))
-    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
-        reason = " ".join(line.strip() for line in str(e).strip().splitlines()[1:])[:150] or type(e).__name__
-        raise UserError(f"{path} does not hold the weights of this code's {config['model'].get('kind')} masker "
-                        f"({reason}); train one with `python p4_denoise.py`")
+        with torch.device("meta"):
+            wanted = {name: tuple(t.shape) for name, t in build(config["model"]).state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in weights.items() if torch.is_tensor(t)}
+        if wanted != found:
+            raise UserError(f"its tensors are not the model its config describes ({_difference(wanted, found)})")
+        model = build(config["model"])
+        model.load_state_dict(weights)
+    except UserError as e:
+        raise UserError(f"model {path}: {e}") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"model {path}: its weights do not load ({str(e).strip().splitlines()[0][:120]})") from None
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- the inference path
+def _difference(wanted, found):
+    """The first of the model's tensors that the checkpoint lacks, or holds in another shape, or does not know."""
+    for name, shape in wanted.items():
+        if found.get(name) != shape:
+            return f"{name}: {shape} wanted, {found.get(name, 'nothing')} found"
+    return f"{sorted(set(found) - set(wanted))[0]} is not the model's"
+
+
+def _is_sound_file(path):
+    try:
+        with decoder_warnings_silenced():
+            AudioReader(path).__exit__()
+        return True
+    except UserError:
+        return False
+
+
+# ----------------------------------------------------------------------------- inference
 
 @torch.no_grad()
 def predict_masks(model, mags, batch_size=32):
     """Masks (frames, 513) float32 in [0, 1] for whole files' |X| (frames, 513): files of similar length batched.
 
-    Padding sits after each file's last frame, so it cannot reach a causal model's real frames.
-    """
+    Padding sits after each file's last frame, so it cannot reach a causal model's real frames."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -177,127 +113,187 @@ def predict_masks(model, mags, batch_size=32):
     return masks
 
 
-def apply_mask(mask, X, length):
-    """The recovered signal: the inverse STFT of mask (.) X (the noisy phase kept), `length` samples."""
-    return istft(mask * X, length)
-
-
 class Denoiser:
-    """Denoise a 16 kHz signal block by block: STFT -> mask -> inverse STFT, the masker's state and the STFT
-    overlaps carried from block to block, so the output equals the whole-signal result (`denoise`) and memory
-    is bounded by the block. Output lags input by at most 1024 samples; `finish` returns the rest."""
+    """Denoise a 16 kHz signal of any number of channels block by block: STFT -> mask -> inverse STFT, the
+    masker's state and the STFT overlaps carried from block to block, so the output equals the whole-signal result
+    (`denoise`) and memory is bounded by the block. Output lags input by at most 1024 samples; `finish` returns
+    the rest.
 
-    def __init__(self, model):
+    Channels: one mask, computed from the RMS of the channels' magnitudes sqrt(mean_c |X_c|^2), is applied to every
+    channel's STFT, so the channels keep their balance and phase, and no layout can cancel the reference (the
+    average of an antiphase pair R = -L is silence; their magnitudes are not). One channel: |X| itself."""
+
+    def __init__(self, model, channels=1):
         self.model = model.eval()
         self.state = None
-        self.stft, self.istft = STFT(), ISTFT()
+        self.stfts, self.istfts = [STFT() for _ in range(channels)], [ISTFT() for _ in range(channels)]
         self.pushed = self.emitted = 0
 
     @torch.no_grad()
     def _apply(self, X):
-        if len(X) == 0:
-            return np.zeros(0, np.float32)
-        logits, self.state = self.model(torch.from_numpy(np.abs(X))[None], self.state)  # (1, frames, 513)
-        return self.istft.push(torch.sigmoid(logits)[0].numpy() * X)
+        """Frames (channels, k, 513) -> the samples (time, channels) that no later frame can change."""
+        if X.shape[1] == 0:
+            return np.zeros((0, len(X)), np.float32)
+        noisy_mag = np.abs(X[0]) if len(X) == 1 else np.sqrt(np.mean(np.abs(X) ** 2, axis=0))  # (k, 513)
+        logits, self.state = self.model(torch.from_numpy(noisy_mag)[None], self.state)
+        mask = torch.sigmoid(logits)[0].numpy()
+        return np.stack([istft.push(mask * X_c) for istft, X_c in zip(self.istfts, X)], axis=1)
 
     def push(self, x):
-        """Samples (time,) in; the denoised samples that are final so far out."""
+        """Samples (time, channels) in; the denoised samples (time, channels) that are final so far out."""
         self.pushed += len(x)
-        y = self._apply(self.stft.push(x))
+        y = self._apply(np.stack([stft.push(x[:, c]) for c, stft in enumerate(self.stfts)]))
         self.emitted += len(y)
         return y
 
     def finish(self):
         """The rest, so that the whole output is exactly as long as the input."""
-        y = np.concatenate([self._apply(self.stft.finish()), self.istft.finish()])[:self.pushed - self.emitted]
+        last = self._apply(np.stack([stft.finish() for stft in self.stfts]))
+        tail = np.stack([istft.finish() for istft in self.istfts], axis=1)
+        y = np.concatenate([last, tail])[:self.pushed - self.emitted]
         self.emitted += len(y)
         return y
 
 
 def denoise(model, x, block=None):
-    """Denoise a whole 16 kHz mono signal (time,), streamed `block` samples at a time (None: all at once)."""
-    streamer = Denoiser(model)
-    block = block or max(1, len(x))
-    return np.concatenate([streamer.push(x[i:i + block]) for i in range(0, len(x), block)] + [streamer.finish()])
+    """Denoise a whole 16 kHz signal, (time,) or (time, channels), streamed `block` samples at a time (None: all
+    at once)."""
+    x = np.asarray(x, np.float32)
+    frames = x[:, None] if x.ndim == 1 else x  # (time, channels)
+    streamer = Denoiser(model, frames.shape[1])
+    block = block or max(1, len(frames))
+    y = np.concatenate([streamer.push(frames[i:i + block]) for i in range(0, len(frames), block)]
+                       + [streamer.finish()])
+    return y[:, 0] if x.ndim == 1 else y
 
-
-# ----------------------------------------------------------------------------- the `denoise` command
 
 def denoise_file(model, src, dst, block_seconds=1.0):
-    """Denoise the recording `src` into `dst` (the same sample rate, mono, 16-bit), streaming in blocks.
+    """Denoise the recording `src` into `dst` (the same sample rate and channels, 16-bit), streaming in blocks.
 
-    Other rates are resampled to 16 kHz and back (soxr, streaming); channels are averaged. Every input sample
-    is checked (see `AudioReader`); `dst` appears only once complete. Returns (samples, rate, channels, clipped).
-    """
-    with AudioReader(src) as reader, AudioWriter(dst, reader.rate) as out:
-        rate = reader.rate
-        to_16k = soxr.ResampleStream(rate, RATE, 1, dtype="float32") if rate != RATE else None
-        back = soxr.ResampleStream(RATE, rate, 1, dtype="float32") if rate != RATE else None
-        streamer = Denoiser(model)
+    Other rates are resampled to 16 kHz and back (soxr, streaming). Every input sample is checked (see
+    `AudioReader`); `dst` appears only once complete. Returns (samples, rate, channels, clipped)."""
+    with AudioReader(src) as reader, AudioWriter(dst, reader.rate, reader.channels) as out:
+        rate, channels = reader.rate, reader.channels
+        to_16k = soxr.ResampleStream(rate, RATE, channels, dtype="float32") if rate != RATE else None
+        back = soxr.ResampleStream(RATE, rate, channels, dtype="float32") if rate != RATE else None
+        streamer = Denoiser(model, channels)
 
         def emit(y, last=False):
             if back is not None:
                 y = back.resample_chunk(y, last=last)
             y = y[:reader.read - out.written]  # the resamplers round: never longer than the input ...
             if last:  # ... nor shorter
-                y = np.concatenate([y, np.zeros(reader.read - out.written - len(y), np.float32)])
+                y = np.concatenate([y, np.zeros((reader.read - out.written - len(y), channels), np.float32)])
             if not np.isfinite(y).all():
                 raise UserError(f"the model produced non-finite samples for {src}; {dst} was not written")
             out.write(y)
 
-        for x in reader.blocks(max(1, round(block_seconds * rate))):
+        for x in reader.blocks(max(1, round(block_seconds * rate))):  # (time, channels)
             emit(streamer.push(to_16k.resample_chunk(x) if to_16k is not None else x))
-        tail = np.zeros(0, np.float32) if to_16k is None else streamer.push(
-            to_16k.resample_chunk(np.zeros(0, np.float32), last=True))
+        tail = np.zeros((0, channels), np.float32) if to_16k is None else streamer.push(
+            to_16k.resample_chunk(np.zeros((0, channels), np.float32), last=True))
         emit(np.concatenate([tail, streamer.finish()]), last=True)
-    return reader.read, rate, reader.channels, out.clipped
+    return reader.read, rate, channels, out.clipped
 
+
+# ----------------------------------------------------------------------------- the `denoise` command
 
 SOUND_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".opus"}
 
 
+def _identity(path):
+    """What a path names on disk: an existing file's device and inode (so a hard link, a symbolic link or another
+    spelling of it is the same), else its resolved path."""
+    if file_kind(path) == "missing":
+        return os.path.realpath(path)
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _sounds_in(folder):
+    try:
+        found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SOUND_SUFFIXES)
+    except OSError as e:
+        raise UserError(f"cannot list folder {folder}: {e.strerror}") from None
+    found = [p for p in found if file_kind(p) == "file"]
+    if not found:
+        raise UserError(f"folder {folder} holds no sound files ({', '.join(sorted(SOUND_SUFFIXES))})")
+    return found
+
+
 def plan_outputs(paths, out_dir, overwrite_input):
-    """[(input, output)] for `denoise`: IN OUT, or every input (folders: the sound files in them) into out_dir.
-    A pair that cannot be done is (input, UserError)."""
+    """[(input, output)] for `denoise`: IN OUT, or every input (folders: the sound files in them) into out_dir as
+    NAME.wav. A pair that cannot be done is (input, UserError); all are checked here, before anything is written:
+    no output may be an input (its own only with overwrite_input), no two outputs the same file."""
     if out_dir is None:
         if len(paths) != 2:
             raise UserError(f"give one input and one output (IN OUT), or several inputs with --out-dir DIR "
                             f"(got {len(paths)} path{'s' * (len(paths) != 1)} and no --out-dir)")
         pairs = [tuple(paths)]
     else:
-        if out_dir.exists() and not out_dir.is_dir():
+        if file_kind(out_dir) not in ("missing", "a folder"):
             raise UserError(f"--out-dir {out_dir} exists and is not a folder")
-        inputs = []
+        pairs = []
         for path in paths:
-            if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.suffix.lower() in SOUND_SUFFIXES and p.is_file())
-                if not found:
-                    raise UserError(f"folder {path} holds no sound files ({', '.join(sorted(SOUND_SUFFIXES))})")
-                inputs += found
-            else:
-                inputs.append(path)
-        pairs, taken = [], {}
-        for src in inputs:
-            dst = out_dir / f"{src.stem}.wav"
-            if dst in taken:
-                pairs.append((src, UserError(f"{src} and {taken[dst]} would both be written to {dst}; "
-                                             f"denoise them into different folders")))
+            try:
+                inputs = _sounds_in(path) if file_kind(path) == "a folder" else [path]
+            except UserError as e:
+                pairs.append((path, e))
                 continue
-            taken[dst] = src
-            pairs.append((src, dst))
-    checked = []
+            pairs += [(src, out_dir / f"{src.stem}.wav") for src in inputs]
+    inputs = {}
+    for src, _ in pairs:
+        with contextlib.suppress(UserError):
+            inputs.setdefault(_identity(src), src)
+    checked, taken = [], {}
     for src, dst in pairs:
-        if not isinstance(dst, UserError) and not overwrite_input and src.exists() and dst.exists() and \
-                os.path.samefile(src, dst):
-            dst = UserError(f"the output {dst} is the input itself; pass --overwrite-input to replace it")
+        try:
+            if isinstance(dst, UserError):
+                raise dst
+            where = _identity(dst)
+            if where in taken:
+                raise UserError(f"{src} and {taken[where]} would both be written to {dst}; denoise them into "
+                                f"different folders")
+            if where in inputs and (where != _identity(src) or not overwrite_input):
+                raise UserError(f"the output {dst} is the input itself; pass --overwrite-input to replace it"
+                                if where == _identity(src) else
+                                f"the output of {src} would replace the input {inputs[where]}; choose another "
+                                f"--out-dir")
+            taken[where] = src
+        except UserError as e:
+            dst = e
         checked.append((src, dst))
     return checked
 
 
-def denoise_main(argv):
-    from .utils import ArgumentParser, bounded_float, bounded_int
-    p = ArgumentParser(prog="p4_denoise.py denoise",
-                       description="Denoise recordings (any sample rate, mono or stereo) with the trained GRU.")
+class Stdout:
+    """Progress lines that a closed pipe (`| head -1`) or a full disk (`> /dev/full`) cannot stop: after the first
+    failure nothing more is printed (stdout is pointed at /dev/null, so Python's last flush cannot fail either),
+    the work goes on, and `failed` says why for the end."""
+
+    def __init__(self):
+        self.failed = None
+
+    def print(self, text):
+        if self.failed is None:
+            try:
+                print(text, flush=True)
+            except OSError as e:
+                self.failed = e.strerror or type(e).__name__
+                with contextlib.suppress(OSError, ValueError):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    os.close(devnull)
+
+
+def denoise_main(argv, load_denoiser):
+    """`p4_denoise.py denoise`: the command line around `denoise_file`; `load_denoiser(path)` loads the model."""
+    p = ArgumentParser(prog="p4_denoise.py denoise", allow_abbrev=False,
+                       description="Denoise recordings (any sample rate, any number of channels) with the trained GRU.",
+                       epilog="Each output has its input's rate and channels (one mask, from all channels, applied "
+                              "to each). A file that ends before its header says (a cut WAV, AIFF, Ogg, FLAC or "
+                              "MP3) is an error, never a shorter output. No input is ever replaced without "
+                              "--overwrite-input, and no output replaces another input.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="IN OUT: one recording and where its denoised version goes (.wav or .flac); or, with "
                         "--out-dir, any number of recordings and folders of recordings")
@@ -313,28 +309,82 @@ def denoise_main(argv):
     p.add_argument("--quiet", action="store_true", help="one line at the end instead of one per recording")
     args = p.parse_args(argv)
     pairs = plan_outputs(args.paths, args.out_dir, args.overwrite_input)
-    torch.set_num_threads(args.threads)
-    model = load_denoiser(args.model)
-    failed, started = 0, time.perf_counter()
-    for src, dst in pairs:
-        try:
-            if isinstance(dst, UserError):
-                raise dst
-            t = time.perf_counter()
-            samples, rate, channels, clipped = denoise_file(model, src, dst, args.block_seconds)
-        except UserError as e:
-            if len(pairs) == 1:
+    stdout, failed, started = Stdout(), 0, time.perf_counter()
+    with torch_threads(args.threads):
+        model = load_denoiser(args.model)
+        for src, dst in pairs:
+            try:
+                if isinstance(dst, UserError):
+                    raise dst
+                t = time.perf_counter()
+                samples, rate, channels, clipped = denoise_file(model, src, dst, args.block_seconds)
+            except Stopped:
                 raise
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        took = time.perf_counter() - t
-        note = f"; {clipped} samples clipped to [-1, 1]" if clipped else ""
-        if not args.quiet:
-            print(f"[p4] {src}: {samples / rate:.1f} s ({rate} Hz, {channels} channel{'s' * (channels > 1)}) denoised "
-                  f"in {took:.2f} s (real-time factor {took * rate / samples:.4f}){note}; wrote {dst}", flush=True)
+            except (UserError, OSError) as e:
+                error = e if isinstance(e, UserError) else UserError(f"{src}: {e.strerror or e}")
+                if len(pairs) == 1:
+                    raise error from None
+                with contextlib.suppress(OSError):
+                    print(f"error: {error}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            took = time.perf_counter() - t
+            note = f"; {clipped} samples clipped to [-1, 1]" if clipped else ""
+            if not args.quiet:
+                stdout.print(f"[p4] {src}: {samples / rate:.1f} s ({rate} Hz, {channels} channel{'s' * (channels > 1)})"
+                             f" denoised in {took:.2f} s (real-time factor {took * rate / samples:.4f}){note}; "
+                             f"wrote {dst}")
+    done = f"{len(pairs) - failed} of {len(pairs)} recordings denoised"
     if args.quiet or failed:
-        print(f"[p4] {len(pairs) - failed} of {len(pairs)} recordings denoised in {time.perf_counter() - started:.1f} s"
-              + (f"; {failed} failed (named above)" if failed else ""), flush=True)
+        stdout.print(f"[p4] {done} in {time.perf_counter() - started:.1f} s"
+                     + (f"; {failed} failed (named above)" if failed else ""))
+    if stdout.failed is not None:
+        raise UserError(f"stdout failed ({stdout.failed}), so progress was not shown; {done}"
+                        + (f", {failed} failed" if failed else ""))
     if failed:
         sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- the te outputs for hand-in
+
+def write_te_zip(model, te, zip_path, block_seconds=1.0):
+    """The denoised `te` mixtures, zipped as the homework names them: each under its input's name (tex0000.wav),
+    16-bit at the input's rate, with fixed timestamps (the same model gives the same zip). `te` is the te folder
+    or a list of its files; each goes through `denoise_file`, as with the `denoise` command. Returns metrics.json's
+    `te_output`: the zip, the number of files, and the command that rebuilds it from the saved model."""
+    paths = sorted(Path(te).glob("tex*.wav")) if isinstance(te, (str, Path)) else [Path(p) for p in te]
+    if not paths:
+        raise UserError(f"no tex*.wav files in {te}")
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(zip_path) as part, \
+            zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as z:
+        for src in paths:
+            out = Path(tmp) / (src.stem + (src.suffix if src.suffix.lower() in FORMATS else ".wav"))
+            denoise_file(model, src, out, block_seconds)
+            z.writestr(zipfile.ZipInfo(out.name, date_time=(2020, 1, 1, 0, 0, 0)), out.read_bytes())
+            out.unlink()
+    data_dir = paths[0].parent.parent
+    command = f"python p4_denoise.py te-zip {shown_path(zip_path)}" + \
+        ("" if data_dir.resolve() == DEFAULT_DATA.resolve() else f" --data-dir {shown_path(data_dir)}")
+    return {"zip": shown_path(zip_path), "files": len(paths), "command": command}
+
+
+def te_zip_main(argv, load_denoiser):
+    """`p4_denoise.py te-zip OUT.zip`: `write_te_zip` with the committed model, for `make handin`."""
+    p = ArgumentParser(prog="p4_denoise.py te-zip", allow_abbrev=False,
+                       description="Zip the denoised te mixtures as the homework names them (te/tex0000.wav -> "
+                                   "tex0000.wav in the zip), with the trained model; no training.")
+    p.add_argument("zip", type=Path, help="where the zip goes, e.g. handin/te_denoised.zip")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="homework-3 speech data with te/ (default: data/hw3, built when missing)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                   help="the trained model (default: results/p4/denoiser.pt)")
+    p.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)), default=1,
+                   help="CPU threads (one is fastest for one stream)")
+    args = p.parse_args(argv)
+    if args.zip.suffix.lower() != ".zip":
+        raise UserError(f"the zip's name must end in .zip, got {args.zip}")
+    te = ensure_data(args.data_dir) / "te"
+    started = time.perf_counter()
+    with torch_threads(args.threads):
+        written = write_te_zip(load_denoiser(args.model), te, args.zip)
+    print(f"[p4] {written['files']} denoised te mixtures in {args.zip} ({time.perf_counter() - started:.1f} s)")

@@ -1,5 +1,6 @@
 """Problem 4: the STFT against librosa, the IBM, SNR and SI-SDR, the training mixtures, causality of the model and
-of its running statistics, streaming == whole file, the folder form of `denoise`, the dry run."""
+of its running statistics, streaming == whole file, the folder form of `denoise`, bf16 training, the listening
+examples, the te zip, and the dry run (once per module, shared by the tests that read it)."""
 import zipfile
 
 import librosa
@@ -9,11 +10,18 @@ import soundfile as sf
 import torch
 
 import p4_denoise as p4
-from common import audio, denoiser
+from common import audio, denoiser, listening, speech_data
 from common.audio import BINS, HOP, RATE
-from common.train import save_checkpoint
-from common.utils import UserError
-from conftest import read_json, run_script
+from common.train import resolve_precision, save_checkpoint
+from common.utils import UserError, torch_threads
+from conftest import read_json, run_main, run_script
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one thread is fastest, and on a busy machine a second one mostly waits."""
+    with torch_threads(1):
+        yield
 
 
 def sine(freq, seconds=1.0, amp=0.3, rate=RATE):
@@ -22,7 +30,7 @@ def sine(freq, seconds=1.0, amp=0.3, rate=RATE):
 
 def tiny_gru(seed=0, hidden=16, bias=None, **kw):
     torch.manual_seed(seed)
-    model = denoiser.GRUMasker(hidden=hidden, proj=12, dropout=0.0, **kw).eval()
+    model = p4.GRUMasker(hidden=hidden, proj=12, dropout=0.0, **kw).eval()
     if bias is not None:  # a constant mask: every logit = bias
         with torch.no_grad():
             for layer in (model.out, model.skip):
@@ -54,7 +62,7 @@ def make_data(root, counts=None, seconds=1.0, seed=0):
 # ----------------------------------------------------------------------------- the signal path
 
 @pytest.mark.filterwarnings("ignore:n_fft=1024 is too large")
-@pytest.mark.parametrize("length", [1, 511, 512, 1500, 16000, 40001])
+@pytest.mark.parametrize("length", [1, 511, 512, 1500, 4097])  # short signals: the same code at every length
 def test_stft_is_librosas_on_whole_hops_and_inverts(length):
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
     X = audio.stft(x)
@@ -92,7 +100,7 @@ def test_ideal_binary_mask_shape_and_values():
 def test_an_all_ones_mask_returns_the_input():
     x = np.random.default_rng(1).standard_normal(12345).astype(np.float32)
     X = audio.stft(x)
-    np.testing.assert_allclose(denoiser.apply_mask(np.ones(X.shape, np.float32), X, len(x)), x, atol=1e-5)
+    np.testing.assert_allclose(p4.apply_mask(np.ones(X.shape, np.float32), X, len(x)), x, atol=1e-5)
     # the streaming path with a model whose mask is 1 everywhere (sigmoid(40) == 1 in float32)
     np.testing.assert_allclose(denoiser.denoise(tiny_gru(bias=40.0), x, block=3000), x, atol=1e-5)
 
@@ -103,7 +111,7 @@ def test_a_masked_file_ends_without_a_click():
     X_literal = librosa.stft(x, n_fft=1024, hop_length=512, window="hann").T  # the last 500 samples: one window
     literal = librosa.istft((mask[:len(X_literal)] * X_literal).T, n_fft=1024, hop_length=512, length=len(x))
     assert np.abs(literal[-500:]).max() > 10 * np.abs(x).max()
-    ours = denoiser.apply_mask(mask, audio.stft(x), len(x))  # padded to 6 whole hops: every sample under two
+    ours = p4.apply_mask(mask, audio.stft(x), len(x))  # padded to 6 whole hops: every sample under two
     assert len(ours) == len(x) and np.abs(ours).max() < 2 * np.abs(x).max()
 
 
@@ -167,7 +175,7 @@ def test_noise_pool_draws_stretches_of_real_recordings():
     for k, S in enumerate(spectra):
         S[:, 0] = 100 * k + np.arange(len(S))  # each frame says which recording and which frame it is
     torch.manual_seed(0)
-    drawn = p4.NoisePool(spectra).draw(40, 9)
+    drawn = speech_data.NoisePool(spectra).draw(40, 9)
     assert drawn.shape == (40, 9, BINS)
     used = set()
     for row in drawn.real.numpy()[:, :, 0].astype(int):
@@ -181,9 +189,9 @@ def test_noise_pool_draws_stretches_of_real_recordings():
 def test_distinct_speech_drops_scaled_copies_and_at_speed_changes_the_voice():
     a, b = sine(200, 0.5), sine(300, 0.5)
     files = [{"s": a}, {"s": 0.5 * a}, {"s": b}, {"s": np.round(a * 3000) / 3000}, {"s": a[:4000]}]
-    kept = p4.distinct_speech(files)
+    kept = speech_data.distinct_speech(files)
     assert len(kept) == 3  # a (and its scaled and rounded copies), b, and the shorter a
-    fast = p4.at_speed(sine(200, 1.0), 1.25)
+    fast = speech_data.at_speed(sine(200, 1.0), 1.25)
     assert abs(len(fast) - RATE / 1.25) <= 2
     spectrum = np.abs(np.fft.rfft(fast[1000:-1000]))
     assert abs(np.argmax(spectrum) * RATE / len(fast[1000:-1000]) - 250) < 3  # 200 Hz played 1.25 x faster
@@ -191,7 +199,7 @@ def test_distinct_speech_drops_scaled_copies_and_at_speed_changes_the_voice():
 
 @pytest.mark.parametrize("frames", [1, 47, 48, 49, 96, 118, 187])
 def test_training_windows_cover_every_frame_and_are_full(frames):
-    starts = p4.window_starts(frames, 48)
+    starts = speech_data.window_starts(frames, 48)
     covered = np.zeros(frames, bool)
     for t in starts:
         assert t + min(48, frames) <= frames
@@ -244,21 +252,21 @@ def test_padded_frames_change_neither_the_loss_nor_its_gradient():
 def test_running_mean_matches_a_direct_computation_and_streams():
     z = torch.randn(2, 30, 513, dtype=torch.float64)
     alpha = 0.9
-    mean, _ = denoiser.RunningMean(alpha)(z)
+    mean, _ = p4.RunningMean(alpha)(z)
     for t in (0, 1, 17, 29):
         w = alpha ** torch.arange(t, -1, -1, dtype=torch.float64)  # a^(t-k), k = 0..t
         torch.testing.assert_close(mean[:, t], (w[None, :, None] * z[:, :t + 1]).sum(1) / w.sum())
-    first, state = denoiser.RunningMean(alpha)(z[:, :11])
-    rest, _ = denoiser.RunningMean(alpha)(z[:, 11:], state)
+    first, state = p4.RunningMean(alpha)(z[:, :11])
+    rest, _ = p4.RunningMean(alpha)(z[:, 11:], state)
     torch.testing.assert_close(torch.cat([first, rest], 1), mean)
     changed = z.clone()
     changed[:, 20:] += 1  # causal: a change at frame 20 leaves the means before it as they were
-    torch.testing.assert_close(denoiser.RunningMean(alpha)(changed)[0][:, :20], mean[:, :20], rtol=0, atol=0)
+    torch.testing.assert_close(p4.RunningMean(alpha)(changed)[0][:, :20], mean[:, :20], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["gru", "fc"])
 def test_a_change_at_frame_t_leaves_earlier_masks_unchanged(kind):
-    model = tiny_gru() if kind == "gru" else denoiser.FCMasker(hidden=8, layers=1, dropout=0.0).eval()
+    model = tiny_gru() if kind == "gru" else p4.FCMasker(hidden=8, layers=1, dropout=0.0).eval()
     mag = torch.rand(2, 20, 513)
     later = mag.clone()
     later[:, 12:] = torch.rand(2, 8, 513)  # change the future only
@@ -284,15 +292,15 @@ def test_streaming_equals_whole_file_and_the_batched_path():
     others = [audio.stft(np.random.default_rng(k).standard_normal(n).astype(np.float32))
               for k, n in ((7, 900), (8, 60000))]
     masks = denoiser.predict_masks(model, [np.abs(X)] + [np.abs(Y) for Y in others])
-    np.testing.assert_allclose(denoiser.apply_mask(masks[0], X, len(x)), whole, atol=1e-5)
+    np.testing.assert_allclose(p4.apply_mask(masks[0], X, len(x)), whole, atol=1e-5)
 
 
 def test_streaming_memory_is_bounded_by_the_block():
     model = tiny_gru()
     seen = []
     model.rnn.register_forward_hook(lambda m, inputs, output: seen.append(inputs[0].shape[1]))
-    denoiser.denoise(model, np.zeros(60 * RATE, np.float32), block=RATE // 4)
-    assert len(seen) > 200 and max(seen) <= RATE // 4 // HOP + 2  # frames per call, not the whole minute
+    denoiser.denoise(model, np.zeros(20 * RATE, np.float32), block=RATE // 4)
+    assert len(seen) >= 80 and max(seen) <= RATE // 4 // HOP + 2  # frames per call, not the whole 20 s
 
 
 def test_denoise_file_any_rate_and_stereo(tmp_path):
@@ -303,9 +311,11 @@ def test_denoise_file_any_rate_and_stereo(tmp_path):
     denoiser.denoise_file(model, tmp_path / "in.wav", tmp_path / "whole.wav", block_seconds=10.0)
     streamed, rate = sf.read(tmp_path / "streamed.wav", always_2d=True)
     whole, _ = sf.read(tmp_path / "whole.wav", always_2d=True)
-    assert rate == 44100 and streamed.shape == (len(x), 1)
+    assert rate == 44100 and streamed.shape == (len(x), 2)  # the input's rate and channels
     np.testing.assert_allclose(streamed, whole, atol=1.5 / 32768)  # equal up to the 16-bit rounding
     assert np.abs(streamed).max() > 0.001
+    # one mask for both channels: R = -L / 2 in, R = -L / 2 out (up to the 16-bit rounding of each)
+    np.testing.assert_allclose(streamed[:, 1], -0.5 * streamed[:, 0], atol=4 / 32768)  # (each channel rounded twice)
     # 16 kHz mono: the file path is the in-memory path, up to 16-bit rounding
     y = (0.5 * sine(440, 2.0) + 0.05 * np.random.default_rng(4).standard_normal(32000)).astype(np.float32)
     sf.write(tmp_path / "mono.wav", y, RATE, subtype="FLOAT")
@@ -320,7 +330,7 @@ def model_file(tmp_path):
     return path
 
 
-def test_denoise_folder_form_equals_single_files_and_names_bad_ones(tmp_path, model_file):
+def test_denoise_folder_form_equals_single_files_and_names_bad_ones(tmp_path, model_file, capsys):
     (tmp_path / "in").mkdir()
     for k, rate in enumerate((16000, 22050, 16000)):
         sf.write(tmp_path / "in" / f"rec{k}.wav", sine(200 + 100 * k, 1.2, rate=rate), rate, subtype="PCM_16")
@@ -333,10 +343,10 @@ def test_denoise_folder_form_equals_single_files_and_names_bad_ones(tmp_path, mo
     assert len(errors) == 1 and errors[0].startswith("error: ") and "broken.wav" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and "4 of 5 recordings denoised" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extra.wav", "rec0.wav", "rec1.wav", "rec2.wav"]
-    for name in ("rec0", "rec1", "extra"):
+    for name in ("rec0", "rec1", "extra"):  # the IN OUT form, in this process
         src = tmp_path / "in" / f"{name}.wav" if name != "extra" else tmp_path / "extra.flac"
-        single = run_script("p4_denoise.py", "denoise", src, tmp_path / f"single_{name}.wav", "--model", model_file)
-        assert single.returncode == 0, single.stderr
+        code, err = run_main(p4.main, ["denoise", src, tmp_path / f"single_{name}.wav", "--model", model_file], capsys)
+        assert code == 0, err
         assert (tmp_path / "out" / f"{name}.wav").read_bytes() == (tmp_path / f"single_{name}.wav").read_bytes()
 
 
@@ -359,74 +369,167 @@ def test_training_data_errors_name_the_file(tmp_path):
 
 def test_data_folder_missing_or_built(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="data folder .* not found"):
-        p4.ensure_data(tmp_path / "nowhere")
-    monkeypatch.setattr(p4, "DEFAULT_DATA", tmp_path / "data" / "hw3")
+        speech_data.ensure_data(tmp_path / "nowhere")
+    monkeypatch.setattr(speech_data, "DEFAULT_DATA", tmp_path / "data" / "hw3")
     monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "no_source"))
     with pytest.raises(UserError, match="HW3_SPEECH_SOURCE"):
-        p4.ensure_data(None)
+        speech_data.ensure_data(None)
     # a stand-in builder: the data step runs it with this Python and moves its folder into place
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "build_hw3.py").write_text(
         "import sys, pathlib\nfor d in ('tr', 'v', 'te'): (pathlib.Path(sys.argv[1]) / d).mkdir(parents=True)\n")
     monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "source"))
-    assert p4.ensure_data(None) == tmp_path / "data" / "hw3"
+    assert speech_data.ensure_data(None) == tmp_path / "data" / "hw3"
     assert sorted(p.name for p in (tmp_path / "data" / "hw3").iterdir()) == ["te", "tr", "v"]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["hw3"]  # no half-built folder left beside it
 
 
 # ----------------------------------------------------------------------------- the script
 
-def test_dry_run_end_to_end(tmp_path):
-    data = make_data(tmp_path / "hw3")
-    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """p4_denoise.py --dry-run on a tiny data folder, once for this module: (data, out, ckpt, metrics, stdout)."""
+    base = tmp_path_factory.mktemp("p4_dry")
+    data, out, ckpt = make_data(base / "hw3"), base / "out", base / "ckpt"
     proc = run_script("p4_denoise.py", "--dry-run", "--quiet", "--data-dir", data, "--out", out, "--ckpt-dir", ckpt)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_json(out / "metrics.json")
+    return data, out, ckpt, read_json(out / "metrics.json")
+
+
+def test_dry_run_writes_every_result(dry_run):
+    data, out, _, metrics = dry_run
     assert metrics["dry_run"] is True and metrics["data"]["files"] == {"tr": 20, "v": 10, "te": 5}
     assert metrics["data"]["distinct_training_sentences"] == 2  # make_data: one sentence per group of ten
     systems = metrics["v"]["systems"]
     assert set(systems) == {"noisy", "fc", "gru", "oracle_ibm"}
     assert set(systems["gru"]) == {"snr_db", "si_sdr_db", "stoi", "pesq"}
+    assert systems["gru"]["snr_db"].keys() == {"mean", "std", "sem", "median", "n"}
+    assert systems["gru"]["snr_db"]["n"] == 10
     assert systems["oracle_ibm"]["snr_db"]["mean"] > systems["noisy"]["snr_db"]["mean"]
     assert len(metrics["per_file"]["snr_db"]["gru"]) == 10
     for name in ("training_curves", "snr_histogram", "snr_gain_vs_input", "snr_by_noise", "spectrograms"):
         assert (out / f"{name}.png").stat().st_size > 0, name
-    names = sorted(p.name for p in (out / "te_denoised").iterdir())
-    assert names == [f"tex{i:04d}.wav" for i in range(5)]
-    assert sorted(zipfile.ZipFile(out / "te_denoised.zip").namelist()) == names
-    assert len(list((out / "audio").glob("*.wav"))) == 3 * 3 + 3 * 2
-    saved = torch.load(out / "denoiser.pt", weights_only=True)
-    assert saved["config"]["model"]["kind"] == "gru"
-    # the te outputs are exactly what the command writes for one of them
-    proc = run_script("p4_denoise.py", "denoise", data / "te" / "tex0003.wav", tmp_path / "one.wav",
-                      "--model", out / "denoiser.pt")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "one.wav").read_bytes() == (out / "te_denoised" / "tex0003.wav").read_bytes()
-
-    # a re-run reuses both finished models and gives the same numbers
-    proc = run_script("p4_denoise.py", "--dry-run", "--quiet", "--data-dir", data, "--out", out, "--ckpt-dir", ckpt)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("reusing the finished") == 2
-    assert read_json(out / "metrics.json")["v"] == metrics["v"]
+    # the dry run's small models, one epoch, fp32 on this CPU: recorded where the reuse decision and the report see it
+    gru = metrics["models"]["gru"]["config"]
+    assert (gru["model"]["hidden"], gru["model"]["proj"], gru["epochs"], gru["repeats"]) == (32, 32, 1, 2)
+    assert gru["precision"] == metrics["machine"]["precision"] == read_json(out / "config.json")["precision"] == "fp32"
+    assert metrics["models"]["fc"]["config"]["model"] == {"kind": "fc", "hidden": 64, "layers": 2, "dropout": 0.1,
+                                                          "layer_norm": False}
+    assert torch.load(out / "denoiser.pt", weights_only=True)["config"] == gru
+    context = metrics["data_context"]
+    noisy = metrics["per_file"]["snr_db"]["noisy"]
+    assert (context["input_snr_db"]["min"], context["input_snr_db"]["max"]) == pytest.approx((min(noisy), max(noisy)),
+                                                                                              abs=1e-4)
+    assert set(context["share_of_oracle_gain"]) == {"fc", "gru"}
+    assert metrics["required"]["gru_beats_fc"]["why"] and metrics["goals"]["gru_snr_db"]["at_least"] == 9.5
 
 
-def test_training_is_deterministic(tmp_path):
+def test_dry_run_listening_examples(dry_run):
+    _, out, _, metrics = dry_run
+    examples = metrics["examples"]
+    assert [len(e["clips"]) for e in examples["v"]] == [5] * 3 and [len(e["clips"]) for e in examples["te"]] == [2] * 3
+    assert len({e["file"] for e in examples["v"]}) == 3
+    per_file = dict(zip(metrics["per_file"]["names"], range(10)))
+    for example in examples["v"]:
+        clips = {clip["system"]: clip for clip in example["clips"]}
+        assert list(clips) == ["noisy", "fc", "gru", "oracle_ibm", "clean"] and clips["clean"]["snr_db"] is None
+        for system in ("noisy", "fc", "gru", "oracle_ibm"):  # each clip says the SNR that clip has
+            assert clips[system]["snr_db"] == pytest.approx(
+                metrics["per_file"]["snr_db"][system][per_file[example["file"]]], abs=1e-4)
+            assert clips[system]["label"] and (out / clips[system]["path"]).is_file()
+    assert [c["system"] for e in examples["te"] for c in e["clips"]] == ["noisy", "gru"] * 3
+    written = {c["path"] for split in ("v", "te") for e in examples[split] for c in e["clips"]}
+    assert {f"audio/{p.name}" for p in (out / "audio").iterdir()} == written
+
+
+def test_example_choice_spreads_over_speakers_and_sentences():
+    lengths = [100 + (i * 37) % 50 for i in range(400)]  # 4 speakers x 10 sentences x 10 noises, as in data/hw3
+    chosen = listening.example_indices(lengths)
+    assert len({i // 100 for i in chosen}) == 3 and len({i % 10 for i in chosen}) == 3
+    assert all(lengths[i] <= sorted(lengths)[40] for i in chosen)  # short ones
+    assert len(set(listening.example_indices([5, 3, 9, 1, 7]))) == 3  # one sentence only: three files still
+
+
+def test_te_examples_read_only_the_chosen_files(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "hw3", {"te": 8})
+    read = []
+    monkeypatch.setattr(listening, "read_audio", lambda path, rate: read.append(path) or audio.read_audio(path, rate))
+    examples = listening.write_examples([], {}, {}, speech_data.split_paths(data, "te"), tiny_gru(), tmp_path / "o")
+    assert len(read) == 3 and [e["file"] for e in examples["te"]] == [p.name for p in read]  # lengths from headers
+
+
+def test_dry_run_te_zip_is_what_the_commands_write(dry_run, tmp_path, capsys):
+    data, out, _, metrics = dry_run
+    names = [f"tex{i:04d}.wav" for i in range(5)]
+    with zipfile.ZipFile(out / "te_denoised.zip") as z:
+        assert sorted(z.namelist()) == names
+        one = z.read("tex0003.wav")
+    code, err = run_main(p4.main, ["denoise", data / "te" / "tex0003.wav", tmp_path / "one.wav", "--model",
+                                   out / "denoiser.pt"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "one.wav").read_bytes() == one
+    # `te-zip` from the saved model: the same zip, byte for byte (the model the run held = the model it saved)
+    code, err = run_main(p4.main, ["te-zip", tmp_path / "again.zip", "--data-dir", data, "--model",
+                                   out / "denoiser.pt"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "again.zip").read_bytes() == (out / "te_denoised.zip").read_bytes()
+    assert metrics["te_output"]["files"] == 5
+    assert metrics["te_output"]["command"].startswith("python p4_denoise.py te-zip")
+
+
+def tiny_args(tmp_path, *flags):
+    args, flags_of = p4.get_args(["--hidden", "16", "--proj", "8", "--epochs", "2", "--batch-size", "2", "--crop", "8",
+                                  "--repeats", "2", "--quiet", "--ckpt-dir", str(tmp_path), "--out", str(tmp_path),
+                                  *flags])
+    args.precision = resolve_precision(args.precision, "cpu")
+    tmp_path.mkdir(exist_ok=True)
+    return args, flags_of
+
+
+def test_training_is_deterministic_and_a_finished_run_is_reused(tmp_path, capsys):
     data_dir = make_data(tmp_path / "hw3", {"tr": 10, "v": 4, "te": 1})
     tr, v = (p4.load_split(data_dir, split) for split in ("tr", "v"))
-    sentences = p4.distinct_speech(tr)
+    sentences = speech_data.distinct_speech(tr)
     stats = p4.log_spectrum_stats(tr)
     runs = []
-    for name in ("a", "b"):
-        args = p4.get_args(["--hidden", "16", "--proj", "8", "--epochs", "2", "--batch-size", "2", "--crop", "8",
-                            "--quiet", "--ckpt-dir", str(tmp_path / name), "--out", str(tmp_path / name)])
-        args.ckpt_dir.mkdir()
-        noise = p4.NoisePool([audio.stft(f["n"]) for f in tr])
-        model, config, history = p4.train_masker("gru", args, sentences, noise, stats, v, "test-data",
+    for name in ("a", "b", "a"):  # the second "a" finds a's finished checkpoint with the same config
+        args, flags = tiny_args(tmp_path / name, "--repeats", "4")
+        noise = speech_data.NoisePool([audio.stft(f["n"]) for f in tr])
+        model, config, history = p4.train_masker("gru", args, flags["gru"], sentences, noise, stats, v, "test-data",
                                                  torch.device("cpu"))
         runs.append(([{k: x for k, x in h.items() if k != "train_seconds"} for h in history], model.state_dict()))
-    assert runs[0][0] == runs[1][0] and len(runs[0][0]) == 2
+    assert runs[0][0] == runs[1][0] == runs[2][0] and len(runs[0][0]) == 2
+    assert capsys.readouterr().out.count("reusing the finished run") == 1
     for key, value in runs[0][1].items():
         torch.testing.assert_close(value, runs[1][1][key], rtol=0, atol=0)
+        torch.testing.assert_close(value, runs[2][1][key], rtol=0, atol=0)
+
+
+def test_bf16_training_runs_and_its_loss_is_finite(tmp_path):
+    data_dir = make_data(tmp_path / "hw3", {"tr": 2, "v": 1, "te": 1})
+    tr, v = (p4.load_split(data_dir, split) for split in ("tr", "v"))
+    noise = speech_data.NoisePool([audio.stft(f["n"]) for f in tr])
+    sentences, stats = speech_data.distinct_speech(tr)[:1], p4.log_spectrum_stats(tr)
+    for kind in ("gru", "fc"):
+        args, flags = tiny_args(tmp_path / kind, "--precision", "bf16", "--epochs", "1", "--fc-epochs", "1", "--crop",
+                                "16", "--fc-crop", "16", "--repeats", "1", "--fc-hidden", "8")
+        model, config, history = p4.train_masker(kind, args, flags[kind], sentences, noise, stats, v, "test-data",
+                                                 torch.device("cpu"))
+        assert config["precision"] == "bf16" and len(history) == 1  # three 16-frame windows, batches of 2: 2 steps
+        assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_snr"])
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+
+
+def test_the_flags_that_define_a_model_are_its_config():
+    args, flags = p4.get_args(["--fc-hidden", "100", "--alpha", "0.9"])
+    gru, fc = (p4.training_config(kind, {n: getattr(args, n) for n in flags[kind]}, "data") for kind in ("gru", "fc"))
+    assert gru["model"] == {"kind": "gru", "hidden": 256, "proj": 256, "dropout": 0.1, "alpha": 0.9,
+                            "running_mean": True}
+    assert fc["model"] == {"kind": "fc", "hidden": 100, "layers": 2, "dropout": 0.1, "layer_norm": False}
+    assert (gru["epochs"], gru["crop"], gru["lr"], fc["epochs"], fc["crop"], fc["lr"]) == (14, 96, 5e-3, 14, 48, 3e-3)
+    shared = {"speeds", "repeats", "band_fraction", "loss_power", "batch_size", "weight_decay", "seed", "precision"}
+    assert set(gru) == set(fc) == shared | {"model", "epochs", "crop", "lr", "data"}
+    p4.build_masker(gru["model"]), p4.build_masker(fc["model"])  # what `denoise` builds from a checkpoint
 
 
 def test_benchmark_dry_run_times_the_right_work(tmp_path, model_file):
