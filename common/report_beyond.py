@@ -79,10 +79,10 @@ def p3_tracking(m, bench):
 
 
 def listening(m):
-    """P4's examples as players grouped by recording, each labelled with its system and SNR. Reads metrics.json
-    `examples` as {split: [{"file", "clips": [{"system", "label", "path", "snr_db"}]}]}, and the older flat form
-    [{"file", "kind", "path"}] of results written before it."""
-    groups = []
+    """P4's examples as players grouped by recording, each labelled with its system and SNR, after a line saying
+    what they are. Reads metrics.json `examples` as {split: [{"file", "clips": [{"system", "label", "path",
+    "snr_db"}]}]}, and the older flat form [{"file", "kind", "path"}] of results written before it."""
+    groups, kinds = [], {"v": [], "te": []}
     for split in ("v", "te"):
         for e in m["examples"][split]:
             clips = e["clips"] if "clips" in e else [
@@ -90,10 +90,16 @@ def listening(m):
                 for x in m["examples"][split] if x["file"] == e["file"]]
             heading = f"{e['file']} ({split}" + (", clean source withheld)" if split == "te" else ")")
             if heading not in [h for h, _ in groups]:
-                groups.append((heading, [
-                    Audio(existing(m.file.parent / c["path"], m), (c.get("label") or SYSTEMS[c["system"]])
-                          + ("" if c.get("snr_db") is None else f": {c['snr_db']:.1f} dB")) for c in clips]))
-    return Listening(groups)
+                labels = [c.get("label") or SYSTEMS[c["system"]] for c in clips]
+                kinds[split] += [label for label in labels if label not in kinds[split]]
+                groups.append((heading, [Audio(existing(m.file.parent / c["path"], m), label + (
+                    "" if c.get("snr_db") is None else f": {c['snr_db']:.1f} dB")) for c, label in zip(clips, labels)]))
+    count = {split: sum(h.endswith(f"({split})") or f"({split}," in h for h, _ in groups) for split in kinds}
+    return [Text(
+        f"**Listen**: {count['v']} `v` recordings ({', '.join(kinds['v'])}) and {count['te']} `te` recordings "
+        f"({', '.join(kinds['te'])}; their clean sources are withheld), each clip labelled with its SNR where the "
+        "results record it. report.html and report.ipynb embed the players; report.md links the files."),
+        Listening(groups)]
 
 
 def p4_details(m, bench):
@@ -244,11 +250,11 @@ def machines(m):
                          mc.get("precision", "-")])
         else:
             rows.append([name, v.get("cpu", "not recorded"), "", "", v.get("torch", ""),
-                         str(v.get("threads", v.get("train_threads", ""))), v.get("device", ""), "fp32"])
+                         str(v.get("threads", v.get("train_threads", ""))), v.get("device", ""), ""])
     return [Text(
         "### Where these results were made\n\n"
         + table(["result", "CPU", "instruction set", "bf16 matrix instructions", "torch", "threads", "device",
                  "training precision"], rows) +
-        "\n\nThe same CPU and torch reproduce every number bit for bit from the same seed. On another CPU the float "
+        "\n\nOlder result files record less (blank cells). The same CPU and torch reproduce every number bit for bit from the same seed. On another CPU the float "
         "rounding differs (fp32 sums are ordered differently by other vector units), so a rerun there varies at "
         "the level of a change of seed: compare with the spreads over seeds above, not digit by digit.")]

@@ -83,7 +83,8 @@ def to_notebook(blocks):
             cells.append(new_code_cell(shown_code(b), metadata={"tags": ["repository-code"]}))
         elif isinstance(b, (Figure, Figures)):
             for f in figures_of(b):
-                shown(f"Image(filename={from_root(f.path)!r})  # {f.caption}", Image(filename=str(f.path)))
+                shown(f"Image(filename={from_root(f.path)!r})  # {f.caption.replace('`', '')}",
+                      Image(filename=str(f.path)))
         elif isinstance(b, Listening):
             for heading, clips in b.groups:
                 cells.append(new_markdown_cell(f"**{heading}**"))
