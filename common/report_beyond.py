@@ -236,7 +236,7 @@ def timing(m, pipeline):
         "time recorded in the checkpoints (the same when everything was trained in that run; a re-run that reuses "
         "the checkpoints takes minutes, and its wall times say so). P5 trains its two drawers at the same time, so "
         "their training times overlap: each is a part of P5's wall time, and they do not add up:\n\n"
-        + table(["step", "wall time", "of which training"], rows))]
+        + table(["step", "wall time", "of which training"], rows, align="lrl"))]
 
 
 def machines(m):
@@ -254,7 +254,7 @@ def machines(m):
     return [Text(
         "### Where these results were made\n\n"
         + table(["result", "CPU", "instruction set", "bf16 matrix instructions", "torch", "threads", "device",
-                 "training precision"], rows) +
+                 "training precision"], rows, align="lllllrll") +
         "\n\nOlder result files record less (blank cells). The same CPU and torch reproduce every number bit for bit from the same seed. On another CPU the float "
         "rounding differs (fp32 sums are ordered differently by other vector units), so a rerun there varies at "
         "the level of a change of seed: compare with the spreads over seeds above, not digit by digit.")]
