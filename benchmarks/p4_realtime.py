@@ -24,7 +24,8 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from common.audio import ISTFT, RATE, STFT, stft  # noqa: E402
-from common.denoiser import DEFAULT_MODEL, GRUMasker, denoise, denoise_file, load_denoiser  # noqa: E402
+from common.denoiser import DEFAULT_MODEL, denoise, denoise_file  # noqa: E402
+from p4_denoise import GRUMasker, load_denoiser  # noqa: E402
 from common.utils import (ROOT, ArgumentParser, goal, positive_float, positive_int, run_cli, save_json,  # noqa: E402
                           shown_path)
 

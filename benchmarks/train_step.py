@@ -37,7 +37,8 @@ import p3_svd_ste as p3  # noqa: E402
 import p4_denoise as p4  # noqa: E402
 import p5_draw as p5  # noqa: E402
 from common.data import load_mnist  # noqa: E402
-from common.denoiser import build_masker  # noqa: E402
+from common.audio import BINS  # noqa: E402
+from common.speech_data import NoisePool, SpeechWindows, pad_batch  # noqa: E402
 from common.mnist_mlp import MLP, classification_loss, load_baseline  # noqa: E402
 from common.svd import svd  # noqa: E402
 from common.timing import interleaved, ratio, summary  # noqa: E402
@@ -128,14 +129,14 @@ def rows(ckpt_dir):
                                                                 c["refresh_every"], c["dropout"], factors),
                    classification_loss, mnist))
     g = torch.Generator().manual_seed(0)  # the compute does not depend on what the speech says
-    spectra = [torch.randn(300, p4.BINS, dtype=torch.complex64, generator=g).numpy() for _ in range(40)]
+    spectra = [torch.randn(300, BINS, dtype=torch.complex64, generator=g).numpy() for _ in range(40)]
     for kind in ("gru", "fc"):
         ckpt = finished(ckpt_dir / f"p4_{kind}.pt")
         c = ckpt["config"]
-        loss_fn = functools.partial(p4.mask_loss, noise=p4.NoisePool(spectra), power=c["loss_power"],
+        loss_fn = functools.partial(p4.mask_loss, noise=NoisePool(spectra), power=c["loss_power"],
                                     band_fraction=c["band_fraction"])
-        out.append(row(f"p4 {kind.upper()}", ckpt, build_masker(c["model"]), loss_fn,
-                       p4.SpeechWindows(spectra, c["crop"]), clip_grad=1.0, collate_fn=p4.pad_batch))
+        out.append(row(f"p4 {kind.upper()}", ckpt, p4.build_masker(c["model"]), loss_fn,
+                       SpeechWindows(spectra, c["crop"]), clip_grad=1.0, collate_fn=pad_batch))
     patches = TensorDataset(p5.to_patches(data["train"][0]))
     for kind, loss_fn in (("mse", p5.teacher_forced_loss), ("sampler", p5.likelihood_loss)):
         ckpt = finished(ckpt_dir / f"p5_{kind}_seed0.pt")

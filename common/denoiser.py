@@ -25,6 +25,7 @@ from .train import best_weights, load_checkpoint
 from .utils import (ROOT, ArgumentParser, Stopped, UserError, atomic_path, bounded_float, bounded_int, shown_path,
                     torch_threads)
 
+ZIP_STAMP = (2020, 1, 1, 0, 0, 0)  # every zip member's timestamp: the zip depends on the audio only
 DEFAULT_MODEL = ROOT / "results" / "p4" / "denoiser.pt"
 
 
@@ -360,7 +361,7 @@ def write_te_zip(model, te, zip_path, block_seconds=1.0):
         for src in paths:
             out = Path(tmp) / (src.stem + (src.suffix if src.suffix.lower() in FORMATS else ".wav"))
             denoise_file(model, src, out, block_seconds)
-            z.writestr(zipfile.ZipInfo(out.name, date_time=(2020, 1, 1, 0, 0, 0)), out.read_bytes())
+            z.writestr(zipfile.ZipInfo(out.name, date_time=ZIP_STAMP), out.read_bytes())
             out.unlink()
     data_dir = paths[0].parent.parent
     command = f"python p4_denoise.py te-zip {shown_path(zip_path)}" + \

@@ -3,54 +3,38 @@
 fixed timestamps, so the same model and data give the same zip, byte for byte. `make handin` calls it through
 `python make_report.py --handin DIR`, beside the report.
 
-The denoising itself is the `denoise` command (`python p4_denoise.py denoise TE_FOLDER --out-dir DIR`), run as a
-subprocess on `processes` shares of the files at once (one CPU thread each: one thread is fastest for one stream).
+The zip is written by P4's own command, `python p4_denoise.py te-zip ZIP` (common.denoiser.write_te_zip, the code
+that writes the main run's zip), run as a subprocess: the report builder imports no problem script.
 """
-import os
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-from .utils import ROOT, UserError, atomic_path, shown_path
-
-STAMP = (2020, 1, 1, 0, 0, 0)  # every member's timestamp: the zip depends on the audio only
+from .utils import ROOT, UserError, shown_path
 
 
 def te_files(te_folder):
+    """The te mixtures (tex*.wav) in `te_folder`; a one-line error when there are none."""
     te_folder = Path(te_folder)
     if not te_folder.is_dir():
         raise UserError(f"no te folder at {shown_path(te_folder)}; run python p4_denoise.py (it builds data/hw3) "
                         "or pass the course's te folder")
-    files = sorted(p for p in te_folder.iterdir() if p.suffix.lower() == ".wav" and p.is_file())
+    files = sorted(te_folder.glob("tex*.wav"))
     if not files:
-        raise UserError(f"{shown_path(te_folder)} holds no .wav files")
+        raise UserError(f"{shown_path(te_folder)} holds no tex*.wav files")
     return files
 
 
-def write_te_zip(zip_path, te_folder=ROOT / "data" / "hw3" / "te", model=ROOT / "results" / "p4" / "denoiser.pt",
-                 processes=None):
-    """Denoise every .wav in `te_folder` with `model` into `zip_path`, each under its input's name; returns the
-    number of files."""
+def write_te_zip(zip_path, te_folder=ROOT / "data" / "hw3" / "te", model=ROOT / "results" / "p4" / "denoiser.pt"):
+    """Denoise every tex*.wav in `te_folder` (a folder named te, as in the course's data) with `model` into
+    `zip_path`, each under its input's name; returns the number of files."""
     files = te_files(te_folder)
     if not Path(model).is_file():
         raise UserError(f"no model at {shown_path(model)}; run python p4_denoise.py")
-    processes = max(1, min(processes or os.cpu_count() or 1, len(files)))
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = [subprocess.Popen([sys.executable, str(ROOT / "p4_denoise.py"), "denoise", *map(str, share),
-                                  "--out-dir", tmp, "--model", str(model), "--threads", "1", "--quiet"],
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                for share in (files[i::processes] for i in range(processes))]
-        try:
-            errors = [job.communicate()[1].strip() for job in jobs]
-        finally:  # stopped (Ctrl-C, SIGTERM): no denoiser is left running
-            for job in jobs:
-                if job.poll() is None:
-                    job.kill()
-        if any(job.returncode for job in jobs):
-            raise UserError("denoising te failed: " + " ".join(e.splitlines()[-1] for e in errors if e))
-        with atomic_path(zip_path) as part, zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as z:
-            for src in files:
-                z.writestr(zipfile.ZipInfo(src.name, date_time=STAMP), (Path(tmp) / f"{src.stem}.wav").read_bytes())
+    proc = subprocess.run([sys.executable, str(ROOT / "p4_denoise.py"), "te-zip", str(zip_path),
+                           "--data-dir", str(Path(te_folder).parent), "--model", str(model)],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        reason = (proc.stderr.strip() or "no output").splitlines()[-1].removeprefix("error: ")
+        raise UserError(f"denoising te failed: {reason}")
     return len(files)

@@ -17,7 +17,7 @@ import pytest
 
 import make_report
 from common.goals import REQUIRED
-from common.handin import STAMP
+from common.denoiser import ZIP_STAMP as STAMP
 from common.report_source import code, imports
 from common.utils import ROOT, UserError
 from conftest import assert_clean_error, run_main, run_script
