@@ -42,7 +42,7 @@ SCRIPTS = {"p1": "p1_svd.py", "p2": "p2_factorized.py", "p3": "p3_svd_ste.py", "
 CODE = {"p1": [("common/svd.py", "truncate"), ("common/svd.py", "LowRankLinear"), ("common/svd.py", "compress")],
         "p2": [("p2_factorized.py", "FactorizedLinear")],
         "p3": [("p3_svd_ste.py", "LowRankSTE")],
-        "p4": [("p4_denoise.py", "ideal_binary_mask"), ("common/denoiser.py", "GRUMasker.forward")],
+        "p4": [("p4_denoise.py", "ideal_binary_mask"), ("p4_denoise.py", "GRUMasker.forward")],
         "p5": [("p5_draw.py", "draw")]}
 
 # the summary's wording of every bar (keys of common.goals): what, how the measured value and the bound are written,
