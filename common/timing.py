@@ -48,12 +48,13 @@ def calls_for(fn, min_seconds=0.005, device="cpu"):
         calls *= 2
 
 
-def interleaved(variants, rounds, warmup=1, min_seconds=0.005, device="cpu"):
+def interleaved(variants, rounds, warmup=1, min_seconds=0.005, device="cpu", cpu=None):
     """Time every variant (name -> a callable without arguments) in `rounds` interleaved rounds.
 
     Each variant is first run `warmup` times, then calibrated (`calls_for`) so that one measurement lasts at least
     `min_seconds`; a round times every variant once, in an order rotated by one each round. Returns
-    {name: [seconds per call, one per round]}, the rounds aligned across variants (for `ratio`).
+    {name: [seconds per call, one per round]}, the rounds aligned across variants (for `ratio`). `cpu`, a dict if
+    given, receives the same for this process's CPU time (time.process_time: all its threads).
     """
     names = list(variants)
     for name in names:
@@ -65,11 +66,13 @@ def interleaved(variants, rounds, warmup=1, min_seconds=0.005, device="cpu"):
         for name in names[k % len(names):] + names[:k % len(names)]:
             fn, n = variants[name], calls[name]
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(n):
                 fn()
             _sync(device)
             times[name].append((time.perf_counter() - start) / n)
+            if cpu is not None:
+                cpu.setdefault(name, []).append((time.process_time() - start_cpu) / n)
     return times
 
 
