@@ -6,7 +6,7 @@ For each D: test accuracy, parameters (S counted as D numbers; biases and the la
 multiply-adds per image, and CPU latency computed the compressed way (x -> Vh x -> S -> U).
 
     python p1_svd.py              # 3 seeds at full quality (see README for the time on 2 cores)
-    python p1_svd.py --dry-run    # a tiny end-to-end run in seconds (writes under runs/dry-run/)
+    python p1_svd.py --dry-run    # a tiny end-to-end run in seconds (64 units a layer; under runs/dry-run/)
 
 Writes results/p1/{metrics.json, config.json, *.png} and checkpoints/p1_baseline_seed{N}.pt,
 which P2, P3 and P5 load. A baseline whose checkpoint is finished and whose config is unchanged is
@@ -20,15 +20,16 @@ from torch.utils.data import TensorDataset
 
 from common.data import load_mnist
 from common.mnist_mlp import MLP, baseline_path, classification_loss, classification_metrics
-from common.plot import plt, save_figure
-from common.svd import compress, cost, svd
 from common.goals import required, target
+from common.rank_figures import plot_accuracy_vs_rank, plot_params_vs_rank, plot_singular_values
+from common.svd import compress, cost, svd
 from common.train import evaluate, init_distributed, is_main, resolve_precision, train_or_reuse
 from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, dropout_rate, machine,
                           mean_std, nonnegative_float, pick_device, positive_float, positive_int, resolve_dirs, run_cli,
                           save_config, save_json, seed_everything)
 
 RANKS = ["10", "20", "50", "100", "200", "full"]
+FIGURES = ["accuracy_vs_rank", "params_vs_rank", "singular_values"]  # beside metrics.json, as .png
 
 
 def rank_arg(text):
@@ -41,10 +42,14 @@ def rank_arg(text):
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=positive_int, default=3, help="train and compress this many baselines (seeds 0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=3,
+                   help="train and compress this many baselines (seeds 0..N-1)")
     train = TrainingFlags(p)
+    train.add("--width", type=positive_int, default=1024,
+              help="units of each of the 5 hidden layers (the homework's 1024; with --dry-run 64 unless given)")
     train.add("--epochs", type=positive_int, default=12, help="baseline training epochs")
-    train.add("--batch-size", type=positive_int, default=512, help="baseline mini-batch size")
+    train.add("--batch-size", type=positive_int, default=512,
+              help="baseline mini-batch size (with --dry-run 64 unless given: a few steps of learning)")
     train.add("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate (one-cycle schedule)")
     train.add("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2, help="dropout after every hidden layer")
@@ -55,7 +60,9 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if any(r != "full" and int(r) > 784 for r in args.ranks):
         p.error(f"--ranks must be at most 784 (the rank of the first layer) or 'full', got {' '.join(args.ranks)}")
-    if args.dry_run:  # with a few batches (load_mnist): the real architecture and code path in seconds
+    if args.dry_run:  # a few images (load_mnist) through narrower layers: the real code path in seconds
+        p.set_defaults(width=64, batch_size=64)
+        args = p.parse_args(argv)
         args.epochs, args.seeds = 1, min(args.seeds, 2)
     return args, train
 
@@ -64,7 +71,7 @@ def get_args(argv=None):
 
 def train_baseline(seed, data, args, flags, device):
     """Train (or reuse) the 5 x 1024 baseline for `seed`; model selection on the validation split."""
-    config = {"width": 1024, "depth": 5, **flags, "seed": seed, "train_size": len(data["train"][0])}
+    config = {"depth": 5, **flags, "seed": seed, "train_size": len(data["train"][0])}
     seed_everything(seed)  # the initialisation and the dropout masks
     model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
     val_set = TensorDataset(*data["val"])
@@ -81,7 +88,20 @@ def train_baseline(seed, data, args, flags, device):
     return model, history
 
 
-# ----------------------------------------------------------------------------- 2. latency of the rank-D networks
+# ----------------------------------------------------------------------------- 2. the rank-D networks
+
+@torch.no_grad()
+def rank_d_accuracy(model, ranks, test_set, device):
+    """(the SVD of each hidden weight, the baseline's test accuracy, {D: test accuracy of the rank-D network}): one
+    decomposition per layer, sliced for every rank (None: full)."""
+    factors = [svd(layer.weight.detach()) for layer in model.hidden]
+    test_acc = evaluate(model, test_set, classification_metrics, device=device)["acc"]
+    accs = {str(r or "full"): evaluate(compress(model, factors, r), test_set, classification_metrics,
+                                       device=device)["acc"] for r in ranks}
+    return factors, test_acc, accs
+
+
+# ----------------------------------------------------------------------------- 3. latency of the rank-D networks
 
 @torch.no_grad()
 def latency_ms(model, batch, device, repeats):
@@ -117,10 +137,7 @@ def main(argv=None):
     for seed in range(args.seeds):
         t0 = time.time()
         model, history = train_baseline(seed, data, args, train.values(args), device)
-        factors = [svd(layer.weight.detach()) for layer in model.hidden]  # the one decomposition per layer
-        test_acc = evaluate(model, test_set, classification_metrics, device=device)["acc"]
-        accs = {str(r or "full"): evaluate(compress(model, factors, r), test_set, classification_metrics,
-                                           device=device)["acc"] for r in ranks}
+        factors, test_acc, accs = rank_d_accuracy(model, ranks, test_set, device)
         runs.append({"seed": seed, "baseline_test_acc": test_acc, "rank_test_acc": accs, "history": history,
                      "singular_values": [S.tolist() for _, S, _ in factors], "seconds": time.time() - t0})
         if is_main():
@@ -148,62 +165,21 @@ def main(argv=None):
         if d != "dense":
             row["test_acc"] = mean_std([run["rank_test_acc"][d] for run in runs])
 
-    metrics = {"baseline_test_acc": mean_std([run["baseline_test_acc"] for run in runs]),
-               "ranks": table, "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),
-               "machine": machine(device, args.precision),
-               "dry_run": args.dry_run, "wall_seconds": time.time() - t_start}
-    base = metrics["baseline_test_acc"]["mean"]
-    goals = {"baseline_test_acc": target("p1.baseline_test_acc", base)}
+    base = mean_std([run["baseline_test_acc"] for run in runs])
+    goals = {"baseline_test_acc": target("p1.baseline_test_acc", base["mean"])}
     if "20" in table:  # the rank P2 and P3 work at
         goals["rank_20_test_acc"] = target("p1.rank_20_test_acc", table["20"]["test_acc"]["mean"], rank=20)
-    metrics.update(required={"baseline_test_acc": required("p1.baseline_test_acc", base)}, goals=goals,
-                   train_size=len(data["train"][0]),
-                   figures={"accuracy_vs_rank": "accuracy_vs_rank.png", "params_vs_rank": "params_vs_rank.png",
-                            "singular_values": "singular_values.png"})
+    metrics = {"baseline_test_acc": base, "ranks": table, "seeds": runs, "width": args.width, "device": str(device),
+               "threads": torch.get_num_threads(), "machine": machine(device, args.precision),
+               "dry_run": args.dry_run, "wall_seconds": time.time() - t_start,
+               "required": {"baseline_test_acc": required("p1.baseline_test_acc", base["mean"])}, "goals": goals,
+               "train_size": len(data["train"][0]), "figures": {name: f"{name}.png" for name in FIGURES}}
     save_json(args.out / "metrics.json", metrics)
     save_config(args.out / "config.json", args)
-    make_figures(metrics, args.out)
-    print(f"[p1] baseline test acc {metrics['baseline_test_acc']['mean']:.4f} "
-          f"+- {metrics['baseline_test_acc']['std']:.4f}; wrote {args.out}/metrics.json")
-
-
-def make_figures(metrics, out):
-    ranks = [d for d in metrics["ranks"] if d != "dense"]
-    numeric = [d for d in ranks if d != "full"]
-    base = metrics["baseline_test_acc"]
-    acc = [100 * metrics["ranks"][d]["test_acc"]["mean"] for d in numeric]
-    err = [100 * metrics["ranks"][d]["test_acc"]["std"] for d in numeric]
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.errorbar([int(d) for d in numeric], acc, yerr=err, marker="o", capsize=3, label="rank-D network")
-    ax.axhline(100 * base["mean"], color="k", ls="--", lw=1, label=f"baseline {100 * base['mean']:.2f}%")
-    ax.set(xscale="log", xlabel="rank D", ylabel="test accuracy (%)",
-           title=f"P1: accuracy of the rank-D network (mean +- std, {len(metrics['seeds'])} seeds)")
-    ax.set_xticks([int(d) for d in numeric], numeric)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "accuracy_vs_rank.png")
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    params = [metrics["ranks"][d]["params"] for d in numeric]
-    ax.plot([int(d) for d in numeric], params, marker="o", label="rank-D network")
-    ax.axhline(metrics["ranks"]["dense"]["params"], color="k", ls="--", lw=1,
-               label=f"baseline {metrics['ranks']['dense']['params']:,}")
-    ax.set(xscale="log", yscale="log", xlabel="rank D", ylabel="parameters", title="P1: parameters against rank")
-    ax.set_xticks([int(d) for d in numeric], numeric)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "params_vs_rank.png")
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for i, S in enumerate(metrics["seeds"][0]["singular_values"]):
-        ax.plot(range(1, len(S) + 1), S, label=f"W{i + 1}")
-    ax.axvline(20, color="k", ls=":", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="index", ylabel="singular value",
-           title="P1: singular values of the baseline's weights (seed 0)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "singular_values.png")
+    plot_accuracy_vs_rank(metrics, args.out / "accuracy_vs_rank.png")
+    plot_params_vs_rank(metrics, args.out / "params_vs_rank.png")
+    plot_singular_values(runs[0]["singular_values"], 20, args.out / "singular_values.png")
+    print(f"[p1] baseline test acc {base['mean']:.4f} +- {base['std']:.4f}; wrote {args.out}/metrics.json")
 
 
 if __name__ == "__main__":

@@ -430,7 +430,8 @@ def main(argv=None):
                    data={"folder": shown_path(data_dir), "files": {"tr": len(tr), "v": len(v), "te": len(te)},
                          "distinct_training_sentences": len(sentences), "noise_recordings": len(tr),
                          "fingerprint": fingerprint},
-                   ablation=read_ablation(args.out / "ablation.json", data=fingerprint, seed=args.seed),
+                   ablation=read_ablation(args.out / "ablation.json", "python p4_denoise.py --ablation",
+                                          data=fingerprint, seed=args.seed),
                    model_file=shown_path(args.out / "denoiser.pt"), device=str(device),
                    threads=torch.get_num_threads(), machine=machine(device, args.precision), dry_run=args.dry_run)
     save_config(args.out / "config.json", args)

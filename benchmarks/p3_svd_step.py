@@ -10,8 +10,9 @@ started from P1's baseline (seed 0), with P3's settings (rank, batch size, learn
                every --refresh-every steps (its cost is shown amortized over those steps too)
     no_oversampling   the tracker with a basis of exactly `rank` vectors and no refresh (for comparison)
 
-All methods run in the same process, interleaved step by step (each round times one step of each method,
-in a rotating order), so a busy machine slows them alike; the median step is reported.
+All methods run in the same process in interleaved rounds (common/timing.py: each round times one step of
+each method, in a rotating order), so a busy machine slows them alike; the median step is reported with its
+spread, and each method's ratio to the plain step is also taken per round.
 
 Then the error of each approximation, on one P3 training run with the tracker, started from P3's trained
 weights (checkpoints/p3_ste_seed0.pt, where the singular values around index 20 have piled up: the hard case
@@ -28,7 +29,8 @@ W_hat of that step's W is compared with the exact truncation W_r, worst over the
 
 Prints the table and writes results/p3/benchmark.json (runs/dry-run/p3/benchmark.json with --dry-run).
 """
-import statistics
+import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -40,8 +42,10 @@ import p3_svd_ste as p3  # noqa: E402
 from common.data import load_mnist  # noqa: E402
 from common.mnist_mlp import MLP, classification_loss, load_baseline  # noqa: E402
 from common.svd import svd  # noqa: E402
-from common.train import best_weights, load_checkpoint  # noqa: E402
-from common.utils import (ArgumentParser, goal, nonnegative_int, pick_device, positive_int,  # noqa: E402
+from common.goals import target  # noqa: E402
+from common.timing import interleaved, ratio, summary  # noqa: E402
+from common.train import adamw, best_weights, load_checkpoint  # noqa: E402
+from common.utils import (ArgumentParser, machine, nonnegative_int, pick_device, positive_int,  # noqa: E402
                           resolve_dirs, run_cli, save_json, seed_everything)
 
 METHODS = ["plain", "exact", "lowrank", "tracker", "no_oversampling"]
@@ -106,7 +110,7 @@ def p3_final_weights(ckpt_dir, seed):
 def main(argv=None):
     args = get_args(argv)
     resolve_dirs(args, "p3")
-    settings = p3.get_args([])  # P3's defaults: rank, oversample, refresh_every, batch size, lr, dropout
+    settings = argparse.Namespace(**p3.DEFAULTS)  # P3's training settings: rank, oversample, refresh_every, batch, lr
     if args.check_steps is None:
         args.check_steps = max(settings.refresh_every - 1, 1) if settings.refresh_every else 100
     if args.dry_run:
@@ -124,38 +128,28 @@ def main(argv=None):
         idx = torch.randint(len(x_train), (settings.batch_size,), generator=gen)
         return x_train[idx].to(device), y_train[idx].to(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     # ------------------------------------------------------------------ 1. time per step, interleaved
     nets = {m: build(m, baseline, factors, settings).train() for m in METHODS}
-    optimizers = {m: torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-                  for m, net in nets.items()}
-    times = {m: [] for m in METHODS}
-    print(f"[bench] timing {args.warmup} + {args.rounds} steps of each method, interleaved", flush=True)
-    for r in range(args.warmup + args.rounds):
-        xy = batch()
-        for m in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
-            sync()
-            t0 = time.perf_counter()
-            optimizers[m].zero_grad(set_to_none=True)
-            classification_loss(nets[m], xy).backward()
-            optimizers[m].step()
-            sync()
-            if r >= args.warmup:
-                times[m].append(time.perf_counter() - t0)
-    step_ms = {m: 1000 * statistics.median(t) for m, t in times.items()}
+    optimizers = {m: adamw(net.parameters(), settings.lr, settings.weight_decay, device) for m, net in nets.items()}
+    xy = batch()  # one batch for every method: they differ by the SVD only
 
-    refresh = []  # what the tracker's periodic exact refresh costs (all layers), to amortize it
-    for _ in range(3 if not args.dry_run else 1):
-        sync()
-        t0 = time.perf_counter()
+    def step(m):
+        optimizers[m].zero_grad(set_to_none=True)
+        classification_loss(nets[m], xy).backward()
+        optimizers[m].step()
+
+    print(f"[bench] timing {args.rounds} interleaved rounds of one step of each method", flush=True)
+    times = interleaved({m: functools.partial(step, m) for m in METHODS}, args.rounds, warmup=args.warmup,
+                        min_seconds=0, device=device)
+    steps = {m: summary(t) for m, t in times.items()}
+    step_ms = {m: 1000 * stat["median"] for m, stat in steps.items()}
+
+    def refresh():  # what the tracker's periodic exact refresh costs (all layers), to amortize it
         for layer in nets["tracker"].hidden:
             layer.tracker.refresh(layer.weight.detach())
-        sync()
-        refresh.append(time.perf_counter() - t0)
-    refresh_ms = 1000 * statistics.median(refresh)
+
+    refresh_ms = 1000 * summary(interleaved({"refresh": refresh}, 3 if not args.dry_run else 1, warmup=0,
+                                            min_seconds=0, device=device)["refresh"])["median"]
     amortized_ms = step_ms["tracker"] + refresh_ms / settings.refresh_every if settings.refresh_every else None
     del nets, optimizers
 
@@ -166,7 +160,7 @@ def main(argv=None):
         net.load_state_dict(start, strict=False)
         for layer in net.hidden:
             layer.tracker.refresh(layer.weight.detach())
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adamw(net.parameters(), settings.lr, settings.weight_decay, device)
     shadow = [p3.SubspaceTracker(layer.weight.detach(), settings.rank, 0, 0) for layer in net.hidden]
     checked = ["exact", "lowrank", "tracker", "no_oversampling"]
     worst = {m: [0.0] * len(net.hidden) for m in checked}      # error ratio to optimal
@@ -195,8 +189,8 @@ def main(argv=None):
 
     methods = {}
     for m in METHODS:
-        methods[m] = {"step_ms": step_ms[m], "step_ms_all": [1000 * t for t in times[m]],
-                      "ratio_to_plain": step_ms[m] / step_ms["plain"]}
+        methods[m] = {"step_ms": step_ms[m], "step": steps[m], "ratio_to_plain": step_ms[m] / step_ms["plain"],
+                      "ratio_to_plain_per_round": ratio(times, m, "plain")}
         if m in worst:
             methods[m].update(error_ratio_max=max(worst[m]), error_ratio_per_layer=worst[m],
                               distance_max=max(distance[m]), distance_per_layer=distance[m])
@@ -206,10 +200,12 @@ def main(argv=None):
               "refresh_every": settings.refresh_every, "batch_size": settings.batch_size, "lr": settings.lr,
               "rounds": args.rounds, "check_steps": args.check_steps, "check_every": args.check_every,
               "check_starts_from": "p3" if start is not None else "baseline",
-              "device": str(device), "threads": torch.get_num_threads(), "dry_run": args.dry_run,
+              "device": str(device), "threads": torch.get_num_threads(), "machine": machine(device),
+              "dry_run": args.dry_run,
               "wall_seconds": time.time() - t_start}
     if amortized_ms:  # the tracker's step, its exact refresh amortised, against a plain dense step
-        result["goals"] = {"amortized_ratio_to_plain": goal(amortized_ms / step_ms["plain"], at_most=1.2)}
+        result["goals"] = {"amortized_ratio_to_plain": target("p3.amortized_ratio_to_plain",
+                                                              amortized_ms / step_ms["plain"])}
     save_json(args.out / "benchmark.json", result)
     print_table(result)
     print(f"[bench] wrote {args.out / 'benchmark.json'}")

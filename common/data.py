@@ -1,15 +1,17 @@
-"""MNIST, offline-first: copy the canonical .gz files from a local mirror, then let torchvision verify them.
+"""MNIST, offline-first: copy the canonical .gz files from a local mirror, let torchvision verify and extract them,
+then read the extracted files.
 
 Images come back as float32 tensors in [0, 1], shape (N, 28, 28); labels as int64 (N,).
 The validation split is carved from the 60k training images with a fixed generator, so every
 script (P1, P2, P3, P5) sees the same 50,000 / 10,000 split; the test set is only for final numbers.
+Once the files are extracted, reading them needs no torchvision (whose import costs seconds per process).
 """
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-import torchvision
 
 from .utils import ROOT, UserError
 
@@ -23,25 +25,40 @@ DRY_RUN_SIZES = {"train": 2048, "val": 512, "test": 1000}  # a few batches: the 
 
 
 def fetch_mnist(root=DATA_DIR, mirror=MNIST_MIRROR):
-    """Place MNIST under root/MNIST/raw (from the mirror if it has it) and load it with torchvision.
+    """MNIST as uint8 tensors: {"train": (images (60000, 28, 28), labels (60000,) int64), "test": (10000 of each)}.
 
-    Returns (train, test) torchvision datasets. Without a mirror, torchvision's own download is tried;
-    if that fails too, the error says exactly where to put the files.
+    The four files are read from root/MNIST/raw once extracted there. Missing, they are copied from the mirror (if it
+    has them) and torchvision verifies and extracts them; without a mirror, torchvision's own download is tried. If
+    that fails too, the error says exactly where to put the files.
     """
     raw = Path(root) / "MNIST" / "raw"
-    missing = [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f[:-3]).exists()]
-    if missing and all((Path(mirror) / f).exists() for f in missing):
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in missing:
-            shutil.copyfile(Path(mirror) / f, raw / f)
-    try:
-        train = torchvision.datasets.MNIST(root, train=True, download=True)
-        test = torchvision.datasets.MNIST(root, train=False, download=True)
-    except (RuntimeError, OSError) as e:
-        raise UserError(
-            f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}); copy the four "
-            f"files {', '.join(MNIST_FILES)} into {mirror} or set HW3_MNIST_MIRROR to a folder holding them")
-    return train, test
+    if not all((raw / f[:-3]).exists() for f in MNIST_FILES):
+        missing = [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f[:-3]).exists()]
+        if missing and all((Path(mirror) / f).exists() for f in missing):
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in missing:
+                shutil.copyfile(Path(mirror) / f, raw / f)
+        import torchvision  # only here: it checks the .gz files' checksums and extracts them (or downloads them)
+        try:
+            for train in (True, False):
+                torchvision.datasets.MNIST(root, train=train, download=True)
+        except (RuntimeError, OSError) as e:
+            raise UserError(
+                f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}); copy the four "
+                f"files {', '.join(MNIST_FILES)} into {mirror} or set HW3_MNIST_MIRROR to a folder holding them")
+    return {split: (read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte").long())
+            for split, prefix in (("train", "train"), ("test", "t10k"))}
+
+
+def read_idx(path):
+    """An IDX file of unsigned bytes (MNIST's format: a 4-byte magic number 0x0000080D, D the number of dimensions,
+    then D big-endian 4-byte sizes, then the bytes) as a uint8 tensor of those sizes."""
+    data = Path(path).read_bytes()
+    dims = data[3] if len(data) >= 4 and data[:3] == b"\x00\x00\x08" else 0
+    shape = tuple(np.frombuffer(data, dtype=">u4", count=dims, offset=4).tolist()) if dims else ()
+    if not dims or len(data) != 4 + 4 * dims + int(np.prod(shape)):
+        raise UserError(f"{path} is not an MNIST file of unsigned bytes (damaged?); delete it and run again")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape).copy())
 
 
 def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR, dry_run=False):
@@ -49,12 +66,13 @@ def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR, dry_run=False):
 
     dry_run: only the first DRY_RUN_SIZES images of each split (what every script's --dry-run trains on).
     """
-    train, test = fetch_mnist(root, mirror)
-    x = train.data.float() / 255
-    y = train.targets
+    mnist = fetch_mnist(root, mirror)
+    x = mnist["train"][0].float() / 255
+    y = mnist["train"][1]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
     tr, va = perm[N_VAL:], perm[:N_VAL]
-    data = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (test.data.float() / 255, test.targets)}
+    test_x, test_y = mnist["test"]
+    data = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (test_x.float() / 255, test_y)}
     if dry_run:
         data = {k: tuple(t[:DRY_RUN_SIZES[k]] for t in split) for k, split in data.items()}
     return data

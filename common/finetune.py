@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from .mnist_mlp import accuracy, classification_loss, classification_metrics
 from .plot import plt, save_figure
-from .train import evaluate, train_or_reuse
+from .train import best_record, evaluate, train_or_reuse
 from .utils import mean_std, seed_everything
 
 
@@ -18,7 +18,8 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
     P2's and P3's recipe: AdamW, a one-cycle schedule (10% warm-up), cross-entropy, and the epoch with the best
     validation accuracy kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
     (default: accuracy and loss of `model` itself on the validation split). `args` gives epochs, batch_size, lr,
-    weight_decay, resume and quiet. Returns the history; `model` ends with the best epoch's weights, in eval mode.
+    weight_decay, precision (resolved: "fp32" or "bf16"), resume and quiet. Returns the history; `model` ends with
+    the best epoch's weights, in eval mode.
     """
     if validate is None:
         val_set = TensorDataset(*data["val"])
@@ -30,7 +31,7 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
     return train_or_reuse(model, classification_loss, TensorDataset(*data["train"]), validate=validate,
                           monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
-                          resume=args.resume, device=device, desc=desc, quiet=args.quiet)
+                          resume=args.resume, device=device, precision=args.precision, desc=desc, quiet=args.quiet)
 
 
 def finetune_scores(baseline, initial, final, history, data, device):
@@ -40,7 +41,7 @@ def finetune_scores(baseline, initial, final, history, data, device):
             "initial_test_acc": accuracy(initial, data["test"], device),
             "initial_val_acc": accuracy(initial, data["val"], device),
             "test_acc": accuracy(final, data["test"], device),
-            "best_epoch": max(history, key=lambda r: r["val_acc"])["epoch"],
+            "best_epoch": best_record(history, "val_acc", "max")["epoch"],
             "train_seconds": sum(h["train_seconds"] for h in history)}  # kept when a finished run is reused
 
 

@@ -35,6 +35,19 @@ class MLP(nn.Module):
         return self.head(x)
 
 
+def with_hidden(model, layers, dropout=0.0):
+    """A copy of the MLP `model` whose hidden layers are `layers` (one module per hidden layer, (batch, in) ->
+    (batch, out)): its head copied, `dropout` after every hidden layer, on `model`'s device. P1's rank-D network,
+    P2's factorized one and P3's straight-through one are all built this way."""
+    layers = list(layers)
+    if len(layers) != len(model.hidden):
+        raise ValueError(f"{len(layers)} layers for the {len(model.hidden)} hidden layers of the MLP")
+    net = MLP(model.head.in_features, len(model.hidden), dropout)
+    net.head.load_state_dict(model.head.state_dict())
+    net.hidden = nn.ModuleList(layers)
+    return net.to(model.head.weight.device)
+
+
 def classification_loss(model, batch):
     x, y = batch
     return F.cross_entropy(model(x), y)
@@ -51,8 +64,8 @@ def baseline_path(ckpt_dir, seed):
     return Path(ckpt_dir) / f"p1_baseline_seed{seed}.pt"
 
 
-def load_baseline(ckpt_dir, seed):
-    """(model in eval mode, its training config) of P1's finished baseline for `seed`."""
+def load_baseline(ckpt_dir, seed, device="cpu"):
+    """(model in eval mode on `device`, its training config) of P1's finished baseline for `seed`."""
     path = baseline_path(ckpt_dir, seed)
     if not path.exists():
         raise UserError(f"baseline {path} not found; train it first with: python p1_svd.py --seeds {seed + 1}"
@@ -63,7 +76,7 @@ def load_baseline(ckpt_dir, seed):
     config = ckpt["config"]
     model = MLP(width=config["width"], depth=config["depth"])
     model.load_state_dict(best_weights(ckpt))
-    return model.eval(), config
+    return model.to(device).eval(), config
 
 
 def accuracy(model, split, device="cpu"):

@@ -6,7 +6,7 @@ k = min(out, in). "Rank D" keeps the first D columns of U, entries of S and rows
 import torch
 import torch.nn as nn
 
-from .mnist_mlp import PIXEL_MEAN, PIXEL_STD
+from .mnist_mlp import PIXEL_MEAN, PIXEL_STD, with_hidden
 
 
 def svd(W):
@@ -86,10 +86,9 @@ def compress(model, factors, rank):
     factors: [(U, S, Vh), ...], the SVD of each hidden weight (`svd`), computed once and sliced for every rank.
     The last layer is copied as it is.
     """
-    head = nn.Linear(model.head.in_features, model.head.out_features)
-    head.load_state_dict(model.head.state_dict())
     layers = [LowRankLinear(*truncate(U, S, Vh, rank), layer.bias) for (U, S, Vh), layer in zip(factors, model.hidden)]
-    return LowRankMLP(layers, head).to(model.head.weight.device).eval()
+    net = with_hidden(model, layers)
+    return LowRankMLP(net.hidden, net.head).eval()
 
 
 def cost(model, rank):

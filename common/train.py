@@ -1,7 +1,8 @@
 """One explicit, problem-agnostic training loop, evaluation, checkpoints, and torch.distributed plumbing.
 
 Problems differ only by what they pass in:
-    loss_fn(model, batch) -> scalar loss tensor           (the homework's objective)
+    loss_fn(model, batch) -> scalar loss tensor           (the homework's objective; an nn.Module if it keeps
+                                                           state between steps, which is then checkpointed too)
     validate(model) -> {"name": number, ...}              (called after every epoch)
 `train_or_reuse` is how the problems call `fit`: it sets up AdamW and the learning-rate schedule, or
 reuses a finished run with the same config instead of training again.
@@ -343,6 +344,8 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn.load_state_dict(ckpt["loss"])
         _set_rng_state(ckpt["rng"])
         state.update({k: ckpt[k] for k in state})
         if is_main() and not quiet:
@@ -352,6 +355,7 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
         save_checkpoint(ckpt_path, config=config, model=unwrap(net).state_dict(),
                         optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict() if scheduler is not None else None,
+                        loss=loss_fn.state_dict() if isinstance(loss_fn, torch.nn.Module) else None,
                         rng=_rng_state(), **state)
 
     with _StopFlag() as stop:

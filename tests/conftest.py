@@ -1,5 +1,33 @@
-"""Shared test helpers: run a script in a subprocess, and a tiny P1 baseline that P2, P3 and P5 start from."""
+"""Shared test helpers, and every MNIST script's --dry-run, run once per test session.
+
+Helpers: `run_script` (a script in a subprocess), `assert_clean_error` (exit 2, one line `error: ...`), `run_main`
+(a script's main in-process, the way its __main__ runs it), `read_json`, `copy_checkpoints`.
+
+Session fixtures: each dry run runs once, in a subprocess, in its own temporary folder, and is shared by every test
+that asks for it. Tests only read these folders: a test that writes (a re-run, a damaged file) works in its own
+tmp_path, with copies (`copy_checkpoints`). All but P1's start together once one of them is asked for (they need
+its baseline), and run while the tests go on; a session that needs only some of them stops the others at its end.
+
+    dry_p1           P1 --dry-run --seeds 1 (5 x 64 units): (output folder, checkpoint folder with
+                     p1_baseline_seed0.pt)
+    dry_p2           P2 --dry-run --seeds 1 from a copy of dry_p1's baseline: (output folder, checkpoint folder)
+    dry_p3           P3 --dry-run --seeds 1, likewise: (output folder, checkpoint folder)
+    dry_p5           P5 --dry-run, likewise (its two drawers trained side by side, --jobs 2): (output folder,
+                     checkpoint folder)
+    dry_p5_ablation  P5 --dry-run --ablation --jobs 1 from a copy of dry_p1's baseline: the two drawers and the
+                     ablation's five, trained one after the other: (output folder, checkpoint folder)
+    dry_bench_p3     benchmarks/p3_svd_step.py --dry-run from a copy of dry_p1's baseline: its output folder
+    dry_runs         {"p1": output folder, "p2": ..., "p3": ..., "p5": ...}: the four scripts' dry runs, e.g. for
+                     the report's tests (a report of the dry runs links their files into a folder of its own, beside
+                     P4's and the benchmarks')
+
+Torch runs on one thread in the tests, here and in every subprocess (OMP_NUM_THREADS, unless set): a run in a
+subprocess and its re-run in this process compute the same numbers, small operations are fastest on one thread, and
+two dry runs at a time use two cores without their threads waiting for each other.
+"""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +36,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "1"))  # before torch is imported; subprocesses inherit it
+import torch  # noqa: E402
+
+torch.set_num_threads(THREADS)  # also if a plugin imported torch first
 
 
 def run_script(*args, env=None, timeout=600, cwd=ROOT):
     """Run `python *args` from the repo root; returns the CompletedProcess (text output captured)."""
-    import os
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
@@ -46,19 +77,93 @@ def read_json(path):
 
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
-    """Commands such as `p4_denoise.py denoise` set torch's thread count for the process; called in-process
-    by a test, that would leak into the next tests (and change their float rounding)."""
-    import torch
+    """`p4_denoise.py denoise` sets torch's thread count for the process without restoring it; called in-process by
+    a test, that would leak into the next tests (and change their float rounding). Goes once it restores it."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
 
 
+def copy_checkpoints(source, target, pattern="*.pt"):
+    """A checkpoint folder `target` holding copies of `source`'s files matching `pattern`; returns it."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in Path(source).glob(pattern):
+        shutil.copy(path, target / path.name)
+    return target
+
+
+class DryRun:
+    """`script --dry-run [--quiet] *args` started in a subprocess, in `folder` whose checkpoint folder holds copies of
+    the checkpoints in `checkpoints` (if given); result() waits for it: (output folder, checkpoint folder)."""
+
+    def __init__(self, folder, script, *args, checkpoints=None, quiet=True):
+        self.script, self.out, self.ckpt = script, folder / "out", folder / "ckpt"
+        if checkpoints is not None:
+            copy_checkpoints(checkpoints, self.ckpt)
+        self.log = folder / "stderr.txt"  # and what it prints in stdout.txt
+        with open(self.log, "w") as stderr, open(folder / "stdout.txt", "w") as stdout:
+            self.proc = subprocess.Popen(
+                [sys.executable, script, "--dry-run", *["--quiet"] * quiet, *map(str, args), "--out", str(self.out),
+                 "--ckpt-dir", str(self.ckpt)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=stdout, stderr=stderr)
+
+    def result(self, timeout=600):
+        code = self.proc.wait(timeout)
+        assert code == 0, (self.script, self.log.read_text()[-3000:])
+        return self.out, self.ckpt
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def dry_p1(tmp_path_factory):
-    """P1 --dry-run with one seed, in a temporary folder: (output folder, checkpoint folder)."""
-    base = tmp_path_factory.mktemp("p1")
-    proc = run_script("p1_svd.py", "--dry-run", "--quiet", "--seeds", "1", "--out", base / "out",
-                      "--ckpt-dir", base / "ckpt")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base / "out", base / "ckpt"
+    return DryRun(tmp_path_factory.mktemp("p1"), "p1_svd.py", "--seeds", "1").result()
+
+
+@pytest.fixture(scope="session")
+def started(tmp_path_factory, dry_p1):
+    """Every dry run but P1's, started together (the longest first): {name: DryRun}."""
+    folder = tmp_path_factory.mktemp
+    runs = {"p5_ablation": DryRun(folder("p5_ablation"), "p5_draw.py", "--ablation", "--jobs", "1",
+                                  checkpoints=dry_p1[1]),
+            "p5": DryRun(folder("p5"), "p5_draw.py", checkpoints=dry_p1[1]),
+            "bench_p3": DryRun(folder("bench_p3"), "benchmarks/p3_svd_step.py", checkpoints=dry_p1[1], quiet=False),
+            "p3": DryRun(folder("p3"), "p3_svd_ste.py", "--seeds", "1", checkpoints=dry_p1[1]),
+            "p2": DryRun(folder("p2"), "p2_factorized.py", "--seeds", "1", checkpoints=dry_p1[1])}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope="session")
+def dry_p2(started):
+    return started["p2"].result()
+
+
+@pytest.fixture(scope="session")
+def dry_p3(started):
+    return started["p3"].result()
+
+
+@pytest.fixture(scope="session")
+def dry_p5(started):
+    return started["p5"].result()
+
+
+@pytest.fixture(scope="session")
+def dry_p5_ablation(started):
+    return started["p5_ablation"].result()
+
+
+@pytest.fixture(scope="session")
+def dry_bench_p3(started):
+    return started["bench_p3"].result()[0]
+
+
+@pytest.fixture(scope="session")
+def dry_runs(dry_p1, dry_p2, dry_p3, dry_p5):
+    return {"p1": dry_p1[0], "p2": dry_p2[0], "p3": dry_p3[0], "p5": dry_p5[0]}

@@ -1,10 +1,14 @@
 """Problem 1: parameter counts, full rank == dense, Eckart-Young, one SVD for every rank, the script itself."""
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import p1_svd
-from common.mnist_mlp import MLP
+from common import rank_figures
+from common.mnist_mlp import MLP, with_hidden
 from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
+from common.train import load_checkpoint
+from common.utils import n_params
 from conftest import read_json
 
 
@@ -13,14 +17,9 @@ def tiny_mlp(seed=0, width=12, depth=3):
     return MLP(width=width, depth=depth, n_in=784).double().eval()
 
 
-def real_count(module):
-    """Every number the module stores: parameters and buffers (the rank-D factors are buffers)."""
-    return sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
-
-
 def test_homework_parameter_counts():
     model = MLP()
-    assert cost(model, 0)[0] == sum(p.numel() for p in model.parameters()) == 5_012_490
+    assert cost(model, 0)[0] == n_params(model) == 5_012_490
     assert cost(model, 20)[0] == 215_470
 
 
@@ -28,7 +27,20 @@ def test_homework_parameter_counts():
 def test_parameter_formula_matches_module(rank):
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
-    assert cost(model, rank)[0] == real_count(compress(model, factors, rank))
+    assert cost(model, rank)[0] == n_params(compress(model, factors, rank), buffers=True)  # the factors are buffers
+
+
+def test_with_hidden_swaps_the_hidden_layers_and_copies_the_head():
+    model = tiny_mlp()
+    layers = [torch.nn.Linear(784, 12).double(), torch.nn.Linear(12, 12).double(), torch.nn.Identity()]
+    net = with_hidden(model, layers, dropout=0.3)
+    assert list(net.hidden) == layers and net.dropout.p == 0.3
+    assert torch.equal(net.head.weight, model.head.weight) and net.head.weight is not model.head.weight
+    x = torch.rand(4, 784, dtype=torch.float64)
+    h = torch.relu(layers[1](torch.relu(layers[0]((x - 0.1307) / 0.3081))))  # the identity layer, then its ReLU
+    torch.testing.assert_close(net.double().eval()(x), model.head(torch.relu(h)))
+    with pytest.raises(ValueError, match="3 hidden layers"):
+        with_hidden(model, layers[:2])
 
 
 def test_full_rank_reproduces_baseline_logits():
@@ -69,7 +81,7 @@ def test_low_rank_layer_computes_factorized_product():
     torch.testing.assert_close(layer(x), x @ low_rank(U, S, Vh, 3).T + b)
 
 
-def test_one_svd_serves_every_rank(tmp_path, monkeypatch):
+def test_one_svd_serves_every_rank(monkeypatch):
     calls = []
 
     def counting_svd(W):
@@ -77,23 +89,47 @@ def test_one_svd_serves_every_rank(tmp_path, monkeypatch):
         return svd(W)
 
     monkeypatch.setattr(p1_svd, "svd", counting_svd)
-    p1_svd.main(["--dry-run", "--quiet", "--seeds", "1", "--out", str(tmp_path / "out"),
-                 "--ckpt-dir", str(tmp_path / "ckpt")])
-    assert calls == [(1024, 784)] + [(1024, 1024)] * 4  # five decompositions for six ranks
-    metrics = read_json(tmp_path / "out" / "metrics.json")
-    assert set(metrics["ranks"]) == {"dense", "10", "20", "50", "100", "200", "full"}
+    model = tiny_mlp().float()
+    g = torch.Generator().manual_seed(0)
+    test_set = TensorDataset(torch.rand(50, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g))
+    factors, test_acc, accs = p1_svd.rank_d_accuracy(model, [2, 5, None], test_set, "cpu")
+    assert calls == [(12, 784), (12, 12), (12, 12)] and len(factors) == 3  # one decomposition per layer
+    assert set(accs) == {"2", "5", "full"} and accs["full"] == test_acc
+
+
+def test_dry_run_defaults_to_a_narrow_network_unless_told():
+    assert p1_svd.get_args([])[0].width == 1024 and p1_svd.get_args([])[0].batch_size == 512
+    args, train = p1_svd.get_args(["--dry-run"])
+    assert (args.width, args.batch_size, args.epochs) == (64, 64, 1)
+    assert p1_svd.get_args(["--dry-run", "--width", "32", "--batch-size", "8"])[0].width == 32
+    assert set(train.values(args)) == {"width", "epochs", "batch_size", "lr", "weight_decay", "dropout", "precision"}
 
 
 def test_dry_run_writes_metrics_and_figures(dry_p1):
     out, ckpt = dry_p1
     metrics = read_json(out / "metrics.json")
-    assert metrics["dry_run"] is True
-    assert metrics["ranks"]["20"]["params"] == 215_470
+    assert metrics["dry_run"] is True and metrics["width"] == 64
+    assert metrics["ranks"]["20"]["params"] == cost(MLP(width=64), 20)[0]
     # full rank is the baseline itself (up to float32 rounding in the factorized product)
     assert abs(metrics["ranks"]["full"]["test_acc"]["mean"] - metrics["baseline_test_acc"]["mean"]) <= 2e-3
     for name in ("accuracy_vs_rank.png", "params_vs_rank.png", "singular_values.png", "config.json"):
         assert (out / name).stat().st_size > 0
-    assert (ckpt / "p1_baseline_seed0.pt").exists()
+    # the flags that define the baseline are its checkpoint's config and config.json's, precision resolved
+    config = load_checkpoint(ckpt / "p1_baseline_seed0.pt")["config"]
+    assert config["width"] == 64 and config["precision"] == metrics["machine"]["precision"] == "fp32"
+    flags = {k: v for k, v in config.items() if k not in ("depth", "seed", "train_size")}
+    assert flags == {k: read_json(out / "config.json")[k] for k in flags}
+
+
+def test_accuracy_plot_has_every_rank_and_full(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(rank_figures, "save_figure", lambda fig, path: figures.append(fig))
+    ranks = {d: {"test_acc": {"mean": 0.9, "std": 0.01}} for d in ("10", "20", "200", "full")}
+    rank_figures.plot_accuracy_vs_rank({"ranks": {"dense": {}, **ranks}, "width": 1024, "seeds": [0],
+                                        "baseline_test_acc": {"mean": 0.98}}, tmp_path / "a.png")
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "200", "full\n(1024)"]
+    assert list(ax.get_xticks()) == [10, 20, 200, 1024]
 
 
 def test_same_seed_same_numbers(dry_p1, tmp_path):

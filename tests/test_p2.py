@@ -1,14 +1,13 @@
 """Problem 2: the factorized layer, P2 at initialisation == P1 at rank D, parameter counts, the script itself."""
-import shutil
-
 import pytest
 import torch
 
 import p2_factorized as p2
 from common.mnist_mlp import MLP, classification_loss
 from common.svd import compress, cost, low_rank, svd
-from common.utils import UserError
-from conftest import assert_clean_error, read_json, run_script
+from common.train import load_checkpoint
+from common.utils import UserError, n_params
+from conftest import copy_checkpoints, read_json, run_main
 
 
 def tiny_mlp(seed=0, width=24, depth=3):
@@ -43,8 +42,8 @@ def test_homework_parameter_counts():
     factors = [(torch.zeros(layer.out_features, 20), torch.zeros(20), torch.zeros(20, layer.in_features))
                for layer in model.hidden]
     net = p2.factorize(model, factors, 20)
-    assert p2.n_params(net) == sum(p.numel() for p in net.parameters()) == 215_370
-    assert p2.n_params(net) + 5 * 20 == cost(model, 20)[0] == 215_470  # P1 stores S apart: 20 per layer
+    assert n_params(net, buffers=True) == 215_370
+    assert n_params(net, buffers=True) + 5 * 20 == cost(model, 20)[0]  # P1 stores S apart: 20 more per layer
 
 
 def test_fine_tuning_reaches_every_factor_bias_and_the_head():
@@ -57,39 +56,42 @@ def test_fine_tuning_reaches_every_factor_bias_and_the_head():
     assert {n.split(".")[-1] for n, _ in net.hidden.named_parameters()} == {"U", "V", "bias"}
 
 
-def test_dry_run(dry_p1, tmp_path, capsys):
-    p1_out, ckpt = dry_p1
-    proc = run_script("p2_factorized.py", "--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "out",
-                      "--ckpt-dir", ckpt)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = read_json(tmp_path / "out" / "metrics.json")
-    assert metrics["dry_run"] is True and metrics["params"] == 215_370 and metrics["params_p1"] == 215_470
+def test_dry_run(dry_p1, dry_p2, tmp_path, capsys):
+    out, ckpt = dry_p2
+    metrics = read_json(out / "metrics.json")
+    baseline = MLP(width=read_json(dry_p1[0] / "metrics.json")["width"])
+    factorized = p2.factorize(baseline, [svd(layer.weight.detach()) for layer in baseline.hidden], 20)
+    assert metrics["dry_run"] is True and metrics["params"] == n_params(factorized)
+    assert metrics["params_p1"] == cost(baseline, 20)[0] and metrics["machine"]["precision"] == "fp32"
     for name in ("finetune_curve.png", "config.json"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0
     run = metrics["seeds"][0]
     # before fine-tuning it is P1's rank-20 network (float32: the two factorizations may round differently)
-    assert abs(run["initial_test_acc"] - read_json(p1_out / "metrics.json")["seeds"][0]["rank_test_acc"]["20"]) <= 2e-3
-    assert (ckpt / "p2_factorized_seed0.pt").exists()
+    p1_rank_20 = read_json(dry_p1[0] / "metrics.json")["seeds"][0]["rank_test_acc"]["20"]
+    assert abs(run["initial_test_acc"] - p1_rank_20) <= 2e-3
+    # the flags that define the fine-tune are in its checkpoint's config and in config.json
+    config = load_checkpoint(ckpt / "p2_factorized_seed0.pt")["config"]
+    flags = {k: v for k, v in config.items() if k not in ("seed", "train_size", "baseline")}
+    assert set(flags) == {"rank", "epochs", "batch_size", "lr", "weight_decay", "dropout", "precision"}
+    assert flags == {k: read_json(out / "config.json")[k] for k in flags} and flags["precision"] == "fp32"
 
     # same seed, same numbers: a fresh run in another folder retrains to the same history ...
-    other = tmp_path / "ckpt2"
-    other.mkdir()
-    shutil.copy(ckpt / "p1_baseline_seed0.pt", other)
-    args = ["--dry-run", "--quiet", "--seeds", "1", "--out", str(tmp_path / "out2")]
-    p2.main(args + ["--ckpt-dir", str(other)])
-    again = read_json(tmp_path / "out2" / "metrics.json")["seeds"][0]
+    other = copy_checkpoints(ckpt, tmp_path / "ckpt", "p1_baseline_seed0.pt")
+    args = ["--dry-run", "--quiet", "--seeds", "1", "--out", str(tmp_path / "out"), "--ckpt-dir", str(other)]
+    p2.main(args)
+    again = read_json(tmp_path / "out" / "metrics.json")["seeds"][0]
     untimed = [[{k: v for k, v in h.items() if k != "train_seconds"} for h in r["history"]] for r in (again, run)]
     assert untimed[0] == untimed[1] and again["test_acc"] == run["test_acc"]
     # ... and a re-run with the same config reuses the finished checkpoint instead of training
     capsys.readouterr()
-    p2.main(args + ["--ckpt-dir", str(other)])
+    p2.main(args)
     assert "reusing the finished run" in capsys.readouterr().out
-    assert read_json(tmp_path / "out2" / "metrics.json")["seeds"][0]["test_acc"] == run["test_acc"]
+    assert read_json(tmp_path / "out" / "metrics.json")["seeds"][0]["test_acc"] == run["test_acc"]
 
 
-def test_missing_baseline_and_bad_rank(tmp_path):
+def test_missing_baseline_and_bad_rank(tmp_path, capsys):
     with pytest.raises(UserError, match="p1_svd.py"):
         p2.main(["--dry-run", "--quiet", "--out", str(tmp_path / "o"), "--ckpt-dir", str(tmp_path / "empty")])
-    proc = run_script("p2_factorized.py", "--dry-run", "--rank", "900", "--out", tmp_path / "o")
-    assert_clean_error(proc, "--rank")
+    code, err = run_main(p2.main, ["--dry-run", "--rank", "900", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and "--rank" in err, err
     assert not (tmp_path / "o" / "metrics.json").exists()

@@ -1,14 +1,21 @@
 """Problem 5: patches round trip, the drawing loop (top half kept, predictions fed back), references, the script."""
 import functools
+import json
 
 import pytest
 import torch
 
 import p5_draw
+from common import drawing_scores as scores
+from common.ablation import ablation_configs, read_ablation
 from common.data import load_mnist
-from p5_draw import (MixtureLSTM, PatchLSTM, draw, from_patches, mean_bottoms, mixture_nll, nearest_bottoms,
-                     neighbours, sample_patch, to_patches, with_position)
-from conftest import assert_clean_error, read_json, run_script
+from common.drawing_figures import framed_grid
+from common.processes import run_jobs
+from common.train import load_checkpoint
+from common.utils import UserError
+from p5_draw import (MixtureLSTM, PatchLSTM, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,
+                     with_position)
+from conftest import copy_checkpoints, read_json, run_main
 
 
 # ----------------------------------------------------------------------------- patches
@@ -237,7 +244,7 @@ def test_nearest_neighbour_matches_brute_force():
     train = torch.rand(50, 16, 49, generator=g, dtype=torch.float64)
     query = torch.rand(7, 16, 49, generator=g, dtype=torch.float64)
     query[3, :8] = train[11, :8]  # an exact match of a top half must find that image
-    completed, index = nearest_bottoms(train, query, chunk=3)  # chunks of 3 cover 7 queries unevenly
+    completed, index = scores.nearest_bottoms(train, query, 8, chunk=3)  # chunks of 3 cover 7 queries unevenly
     oracle = torch.stack([((train[:, :8] - q[:8]) ** 2).sum((1, 2)).argmin() for q in query])
     assert torch.equal(index, oracle) and index[3] == 11
     assert torch.equal(completed[:, :8], query[:, :8])
@@ -247,21 +254,21 @@ def test_nearest_neighbour_matches_brute_force():
 def test_mean_bottom_reference():
     train = torch.rand(20, 16, 49, dtype=torch.float64)
     query = torch.rand(4, 16, 49, dtype=torch.float64)
-    completed = mean_bottoms(train, query)
+    completed = scores.mean_bottoms(train, query, 8)
     assert torch.equal(completed[:, :8], query[:, :8])
     torch.testing.assert_close(completed[:, 8:], train[:, 8:].mean(0).expand(4, -1, -1))
 
 
-def classify_by_brightest_of_ten(images):
-    """A stand-in classifier: "class = index of the brightest of the first 10 pixels"."""
-    return images.flatten(1)[:, :10]
+def classify_by_brightest_of_ten(sequences):
+    """A stand-in classifier of patch sequences: "class = index of the brightest of the image's first 10 pixels"."""
+    return from_patches(sequences).flatten(1)[:, :10]
 
 
 def test_score_of_the_originals_themselves():
     x = torch.rand(10, 16, 49)
     labels = torch.arange(10)
-    predicted_ok = p5_draw.predict(classify_by_brightest_of_ten, from_patches(x))
-    s, predicted = p5_draw.score(x[None], x, labels, classify_by_brightest_of_ten)
+    predicted_ok = from_patches(x).flatten(1)[:, :10].argmax(1)
+    s, predicted = scores.score(x[None], x, labels, classify_by_brightest_of_ten, 8)
     assert s["bottom_mse"] == 0.0 and s["best_of_k_bottom_mse"] == 0.0 and s["k"] == 1
     assert torch.equal(predicted, predicted_ok[None])
     assert s["class_kept"] == pytest.approx((predicted_ok == labels).double().mean().item())
@@ -275,7 +282,7 @@ def test_score_of_several_samples_against_an_oracle():
     samples[:, :, :8] = original[:, :8]
     samples[2, 1] = original[1]  # image 1's third sample is perfect
     labels = torch.tensor([3, 1, 4, 1])
-    s, predicted = p5_draw.score(samples, original, labels, classify_by_brightest_of_ten)
+    s, predicted = scores.score(samples, original, labels, classify_by_brightest_of_ten, 8)
     mse = [[((samples[i, n, 8:] - original[n, 8:]) ** 2).mean().item() for n in range(4)] for i in range(3)]
     assert s["k"] == 3 and mse[2][1] == 0
     assert s["bottom_mse"] == pytest.approx(sum(map(sum, mse)) / 12, rel=1e-12)
@@ -285,13 +292,13 @@ def test_score_of_several_samples_against_an_oracle():
 
 
 def test_sharpness_is_the_share_of_pixels_near_zero_or_one():
-    assert p5_draw.sharpness(torch.tensor([0.0, 0.05, 0.08, 0.5, 0.93, 0.95, 1.0, 0.3])) == 6 / 8
-    assert p5_draw.sharpness(torch.full((7,), 0.5)) == 0.0
+    assert scores.sharpness(torch.tensor([0.0, 0.05, 0.08, 0.5, 0.93, 0.95, 1.0, 0.3])) == 6 / 8
+    assert scores.sharpness(torch.full((7,), 0.5)) == 0.0
 
 
 def test_ambiguous_top_halves_are_those_whose_neighbours_disagree():
     neighbour_labels = torch.tensor([[3, 3, 3, 3], [3, 8, 3, 8], [7, 7, 9, 7], [1, 2, 4, 5], [0, 0, 0, 6]])
-    index, votes = p5_draw.pick_ambiguous(neighbour_labels, 3)
+    index, votes = scores.pick_ambiguous(neighbour_labels, 3)
     assert index.tolist() == [3, 1, 2]  # majorities 1/4, 2/4, 3/4 (3/4 ties: the lower index)
     assert votes[1].tolist() == [0, 0, 0, 2, 0, 0, 0, 0, 2, 0]
 
@@ -300,25 +307,25 @@ def test_k_nearest_top_halves_match_brute_force():
     g = torch.Generator().manual_seed(6)
     train = torch.rand(40, 16, 49, generator=g, dtype=torch.float64)
     query = torch.rand(5, 16, 49, generator=g, dtype=torch.float64)
-    index = p5_draw.nearest_tops(train, query, k=4, chunk=2)
+    index = scores.nearest_tops(train, query, 8, k=4, chunk=2)
     oracle = torch.stack([((train[:, :8] - q[:8]) ** 2).sum((1, 2)).argsort()[:4] for q in query])
     assert torch.equal(index, oracle)
 
 
 def test_examples_are_per_class_distinct_and_repeatable():
     labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(3))
-    picked = p5_draw.pick_examples(labels, 4, seed=0)
+    picked = scores.pick_examples(labels, 4, seed=0)
     assert picked.shape == (40,) and len(set(picked.tolist())) == 40
     assert torch.equal(labels[picked], torch.arange(10).repeat_interleave(4))  # a row per class
-    assert torch.equal(picked, p5_draw.pick_examples(labels, 4, seed=0))
-    assert not torch.equal(picked, p5_draw.pick_examples(labels, 4, seed=1))
-    with pytest.raises(p5_draw.UserError, match="--per-class"):
-        p5_draw.pick_examples(labels, 1000, seed=0)
+    assert torch.equal(picked, scores.pick_examples(labels, 4, seed=0))
+    assert not torch.equal(picked, scores.pick_examples(labels, 4, seed=1))
+    with pytest.raises(UserError, match="--per-class"):
+        scores.pick_examples(labels, 1000, seed=0)
 
 
 def test_changed_completions_get_a_red_frame():
     images = torch.zeros(4, 28, 28)
-    grid = p5_draw.framed_grid(images, per_class=2, changed=torch.tensor([True, False, False, True]))
+    grid = framed_grid(images, per_class=2, changed=torch.tensor([True, False, False, True]))
     assert grid.shape == (3, 2 + 2 * 34, 2 + 2 * 34)
     red, black = torch.tensor([1.0, 0, 0]), torch.zeros(3)
     assert torch.equal(grid[:, 2, 2], red) and torch.equal(grid[:, 2, 36], black)    # images 0 and 1
@@ -327,36 +334,65 @@ def test_changed_completions_get_a_red_frame():
 
 
 def test_each_drawer_trains_for_its_own_epochs(tmp_path):
-    """--epochs is the MSE drawer's, --sampler-epochs the sampling drawer's; the checkpoint's config says so."""
+    """--epochs is the MSE drawer's, --sampler-epochs the sampling drawer's; the checkpoint's config says so, and a
+    flag of one drawer is no part of the other's config (changing it does not retrain the other)."""
     g = torch.Generator().manual_seed(7)
     data = {k: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
             for k, n in (("train", 64), ("val", 32))}
-    args = p5_draw.get_args(["--epochs", "3", "--sampler-epochs", "2", "--hidden", "8", "--head-hidden", "8",
-                             "--components", "2", "--batch-size", "32", "--quiet"])
+    args, flags = p5_draw.get_args(["--epochs", "3", "--sampler-epochs", "2", "--hidden", "8", "--head-hidden", "8",
+                                    "--components", "2", "--batch-size", "32", "--quiet"])
+    args.precision = "fp32"
     for kind, epochs in (("mse", 3), ("sampler", 2)):
-        history, config = p5_draw.train_drawer(kind, data, args, torch.device("cpu"), tmp_path / f"{kind}.pt")
+        config = p5_draw.drawer_config(kind, args, flags, data)
+        history = p5_draw.train_drawer(config, tmp_path / f"{kind}.pt", data=data, device=torch.device("cpu"))
         assert len(history) == config["epochs"] == epochs
-        assert p5_draw.load_checkpoint(tmp_path / f"{kind}.pt")["scheduler"]["T_max"] == epochs * 2  # 2 batches
+        assert load_checkpoint(tmp_path / f"{kind}.pt")["scheduler"]["T_max"] == epochs * 2  # 2 batches
+    assert "components" not in p5_draw.drawer_config("mse", args, flags, data)
+    assert p5_draw.drawer_config("sampler", args, flags, data)["components"] == 2
+
+
+def test_jobs_in_turn_run_in_order_on_their_threads():
+    """(Side by side in processes, the P5 dry runs below give the same as in turn.)"""
+    threads = torch.get_num_threads()
+    assert run_jobs(seeded_numbers, [(3,), (5,)], threads=1) == [seeded_numbers(3)[:1] + (1,),
+                                                                   seeded_numbers(5)[:1] + (1,)]
+    assert torch.get_num_threads() == threads
+
+
+def seeded_numbers(seed):
+    """(the numbers a generator seeded with `seed` draws, the threads torch runs on)."""
+    return torch.rand(3, generator=torch.Generator().manual_seed(seed)).tolist(), torch.get_num_threads()
+
+
+def test_ablation_rows_accumulate_their_changes_and_end_at_the_model():
+    final = {"hidden": 128, "layers": 1, "lr": 1.0, "epochs": 9}
+    rows = [("a", "first", {"hidden": 8, "layers": 2}), ("b", "second", {"hidden": 128}), ("c", "third", {"layers": 1})]
+    configs = ablation_configs(final, rows, epochs=2)
+    assert configs == {"a": {**final, "hidden": 8, "layers": 2, "epochs": 2},
+                       "b": {**final, "layers": 2, "epochs": 2}, "c": {**final, "epochs": 2}}
+    with pytest.raises(UserError, match="ablation ends at the default"):
+        ablation_configs({**final, "hidden": 12}, rows, epochs=2)
+
+
+def test_ablation_file_is_used_only_for_its_model_and_a_damaged_one_is_a_clean_error(tmp_path, capsys):
+    path = tmp_path / "ablation.json"
+    assert read_ablation(path, "make it", config={"a": 1}) is None  # none yet
+    path.write_text(json.dumps({"config": {"a": 1}, "rows": []}))
+    assert read_ablation(path, "make it", config={"a": 1}) == {"config": {"a": 1}, "rows": []}
+    assert read_ablation(path, "make it", config={"a": 2}) is None and "other settings" in capsys.readouterr().out
+    for damaged in ('{"config": ', "[1, 2]", b"\xff\xfe"):
+        path.write_bytes(damaged.encode() if isinstance(damaged, str) else damaged)
+        with pytest.raises(UserError, match="ablation.json .*make it"):
+            read_ablation(path, "make it", config={"a": 1})
 
 
 # ----------------------------------------------------------------------------- the script
 
-@pytest.fixture
-def ckpt_with_baseline(dry_p1, tmp_path):
-    """A fresh checkpoint folder holding (a link to) the dry-run P1 baseline."""
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "p1_baseline_seed0.pt").symlink_to(dry_p1[1] / "p1_baseline_seed0.pt")
-    return ckpt
-
-
-def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys):
-    proc = run_script("p5_draw.py", "--dry-run", "--quiet", "--out", tmp_path / "out", "--ckpt-dir", ckpt_with_baseline)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out"
+def test_dry_run_writes_metrics_and_figures(dry_p5, tmp_path, capsys):
+    out, ckpt = dry_p5
     m = read_json(out / "metrics.json")
     assert m["dry_run"] is True and m["epochs_trained"] == 1 and m["sampler"]["epochs_trained"] == 1
-    assert m["trained_in_this_run"] is True and m["ablation"] is None
+    assert m["trained_in_this_run"] is True and m["ablation"] is None and m["machine"]["precision"] == "fp32"
     for where in ("test", "examples"):
         assert set(m["drawing"][where]) == {"original", "lstm", "sampler", "nearest_neighbour", "mean_bottom"}
         for s in m["drawing"][where].values():
@@ -364,8 +400,8 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
             assert 0 <= s["class_kept"] <= 1 and 0 <= s["sharpness"] <= 1 and 0 <= s["ink"] <= 1
         assert m["drawing"][where]["original"]["bottom_mse"] == 0
         assert m["drawing"][where]["sampler"]["k"] == 10 and m["drawing"][where]["lstm"]["k"] == 1
-    for g in m["goals"].values():
-        assert {"measured", "met"} <= set(g) and isinstance(g["met"], bool)
+    for g in list(m["goals"].values()) + [m["budget"]]:
+        assert {"measured", "met", "why"} <= set(g) and isinstance(g["met"], bool)
     # the references against oracles in pixel space (the bottom half is image rows 14..27), without patches
     data = load_mnist(dry_run=True)
     (train_x, _), (test_x, test_y) = data["train"], data["test"]
@@ -385,35 +421,40 @@ def test_dry_run_writes_metrics_and_figures(ckpt_with_baseline, tmp_path, capsys
     for path in m["figures"].values():  # beside metrics.json
         assert (out / path).stat().st_size > 0
     assert {p.name for p in out.glob("*.png")} == {f"{name}.png" for name in m["figures"]}
-    assert (ckpt_with_baseline / "p5_mse_seed0.pt").exists() and (ckpt_with_baseline / "p5_sampler_seed0.pt").exists()
+    # each drawer's checkpoint holds its config: the flags of both drawers and its own, as config.json has them
+    for kind in ("mse", "sampler"):
+        config = load_checkpoint(ckpt / f"p5_{kind}_seed0.pt")["config"]
+        assert config == (m["config"] if kind == "mse" else m["sampler"]["config"])
+        flags = {k: v for k, v in config.items() if k not in ("kind", "epochs", "train_size", "val_size")}
+        assert flags == {k: read_json(out / "config.json")[k] for k in flags} and config["precision"] == "fp32"
 
-    # a finished checkpoint with the same config is reused, not retrained, and draws the same
-    p5_draw.main(["--dry-run", "--out", str(tmp_path / "reused"), "--ckpt-dir", str(ckpt_with_baseline)])
+    # a finished checkpoint with the same config is reused, not retrained (and draws the same: see the ablation)
+    args, flags = p5_draw.get_args(["--dry-run", "--out", str(tmp_path / "out"), "--ckpt-dir",
+                                    str(copy_checkpoints(ckpt, tmp_path / "ckpt"))])
+    args.precision = "fp32"
+    configs = {kind: p5_draw.drawer_config(kind, args, flags, data) for kind in ("mse", "sampler")}
+    capsys.readouterr()
+    drawers, written, trained_now = p5_draw.train_drawers(configs, data, args, torch.device("cpu"))
     printed = capsys.readouterr().out
     assert "[p5 mse] reusing the finished run" in printed and "[p5 sampler] reusing the finished run" in printed
-    reused = read_json(tmp_path / "reused" / "metrics.json")
-    assert reused["drawing"] == m["drawing"] and reused["trained_in_this_run"] is False
-    assert reused["budget"] is None  # a re-run measures nothing about training time
+    assert trained_now is False and written is None  # so a re-run measures no training time (budget None)
+    assert [h for _, h in drawers.values()] == [m["history"], m["sampler"]["history"]]
 
 
-def test_same_seed_same_numbers_side_by_side_or_one_after_the_other(ckpt_with_baseline, tmp_path):
-    """Two drawers trained in two processes (--jobs 2) equal the same run in one (--jobs 1), bit for bit."""
-    runs = []
-    for name, jobs in (("a", "2"), ("b", "1")):
-        ckpt = tmp_path / f"ckpt_{name}"
-        ckpt.mkdir()
-        (ckpt / "p1_baseline_seed0.pt").symlink_to(ckpt_with_baseline / "p1_baseline_seed0.pt")
-        p5_draw.main(["--dry-run", "--quiet", "--jobs", jobs, "--out", str(tmp_path / name), "--ckpt-dir", str(ckpt)])
-        runs.append(read_json(tmp_path / name / "metrics.json"))
+def test_same_seed_same_numbers_side_by_side_or_one_after_the_other(dry_p5, dry_p5_ablation):
+    """Two drawers trained in two processes (--jobs 2) equal the same run in one (--jobs 1, there beside the
+    ablation's), bit for bit."""
+    runs = [read_json(dry_p5[0] / "metrics.json"), read_json(dry_p5_ablation[0] / "metrics.json")]
+    assert runs[0]["jobs"] == 2 and runs[1]["jobs"] == 1
     for key in ("val_mse", "train_loss"):
         assert [r[key] for r in runs[0]["history"]] == [r[key] for r in runs[1]["history"]]
-    assert [r["val_nll"] for r in runs[0]["sampler"]["history"]] == [r["val_nll"] for r in runs[1]["sampler"]["history"]]
+    nll = [[r["val_nll"] for r in run["sampler"]["history"]] for run in runs]
+    assert nll[0] == nll[1]
     assert runs[0]["drawing"] == runs[1]["drawing"] and runs[0]["ambiguous"] == runs[1]["ambiguous"]
 
 
-def test_ablation_dry_run_ends_at_the_mse_drawer(ckpt_with_baseline, tmp_path):
-    out = tmp_path / "out"
-    p5_draw.main(["--dry-run", "--quiet", "--ablation", "--out", str(out), "--ckpt-dir", str(ckpt_with_baseline)])
+def test_ablation_dry_run_ends_at_the_mse_drawer(dry_p5_ablation, tmp_path, capsys):
+    out, ckpt = dry_p5_ablation
     m = read_json(out / "metrics.json")
     ablation = read_json(out / "ablation.json")
     assert m["ablation"] == ablation and m["budget"] is None
@@ -427,16 +468,19 @@ def test_ablation_dry_run_ends_at_the_mse_drawer(ckpt_with_baseline, tmp_path):
     assert rows[0]["val_mse_change"] is None
     for before, row in zip(rows, rows[1:]):
         assert row["val_mse_change"] == pytest.approx(row["val_mse"] - before["val_mse"])
-    # other settings for the MSE drawer: its ablation is not this one, so it is left out
-    p5_draw.main(["--dry-run", "--quiet", "--hidden", "12", "--out", str(out), "--ckpt-dir", str(ckpt_with_baseline)])
-    assert read_json(out / "metrics.json")["ablation"] is None
+    # a corrupt ablation.json is a one-line error before any work, and it is left as it was
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ablation.json").write_text('{"rows": [')
+    code, err = run_main(p5_draw.main, ["--dry-run", "--quiet", "--out", tmp_path / "out", "--ckpt-dir", ckpt], capsys)
+    assert code == 2 and err.count("\n") == 1 and "ablation.json is not readable" in err and "--ablation" in err, err
+    assert (tmp_path / "out" / "ablation.json").read_text() == '{"rows": [' and len(list(tmp_path.rglob("*"))) == 2
 
 
-def test_missing_baseline_is_a_clean_error(tmp_path):
-    proc = run_script("p5_draw.py", "--dry-run", "--quiet", "--out", tmp_path / "out", "--ckpt-dir", tmp_path / "none")
-    assert_clean_error(proc, "p1_baseline_seed0.pt", "p1_svd.py")
+def test_missing_baseline_and_bad_flags_are_clean_errors(tmp_path, capsys):
+    code, err = run_main(p5_draw.main, ["--dry-run", "--quiet", "--out", tmp_path / "out", "--ckpt-dir",
+                                        tmp_path / "none"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "p1_baseline_seed0.pt" in err and "p1_svd.py" in err, err
     assert not (tmp_path / "out" / "metrics.json").exists()
-
-
-def test_bad_flag_is_a_clean_error():
-    assert_clean_error(run_script("p5_draw.py", "--per-class", "0"), "--per-class")
+    for flags in (["--per-class", "0"], ["--samples", "4", "--ambiguous", "5"], ["--precision", "fp16"]):
+        code, err = run_main(p5_draw.main, flags, capsys)
+        assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and flags[-2] in err, err

@@ -4,36 +4,44 @@ import shutil
 import pytest
 import torch
 
-from common.data import MNIST_FILES, MNIST_MIRROR, fetch_mnist
+from common.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
 from common.mnist_mlp import baseline_path
 from common.train import load_checkpoint
+from common.utils import UserError
 import p1_svd
-from conftest import assert_clean_error, read_json, run_main, run_script
-
-NO_NETWORK = "import torchvision.datasets as d; d.MNIST.mirrors = ['http://127.0.0.1:9/']; "  # refused at once
-
-
-def run_offline(script, *args, env=None):
-    """Run a script with torchvision's download pointed at a closed local port (CI has no internet)."""
-    argv = [script, *map(str, args)]
-    code = NO_NETWORK + f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({script!r}, run_name='__main__')"
-    return run_script("-c", code, env=env)
-
+from conftest import read_json, run_main, run_script
 
 def test_data_step_copies_from_the_mirror(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for f in MNIST_FILES:
         shutil.copy(MNIST_MIRROR / f, mirror / f)
-    train, test = fetch_mnist(root=tmp_path / "data", mirror=mirror)
-    assert (len(train), len(test)) == (60_000, 10_000)
+    mnist = fetch_mnist(root=tmp_path / "data", mirror=mirror)
+    assert [tuple(t.shape) for t in mnist["train"] + mnist["test"]] == [(60_000, 28, 28), (60_000,), (10_000, 28, 28),
+                                                                        (10_000,)]
     assert all((tmp_path / "data" / "MNIST" / "raw" / f).exists() for f in MNIST_FILES)
+    # the files are read without torchvision, and as torchvision reads them
+    import torchvision
+    for split, train in (("train", True), ("test", False)):
+        reference = torchvision.datasets.MNIST(tmp_path / "data", train=train)
+        assert torch.equal(mnist[split][0], reference.data) and torch.equal(mnist[split][1], reference.targets)
 
 
-def test_missing_mnist_and_no_network_says_what_to_do(tmp_path):
-    proc = run_offline("p1_svd.py", "--dry-run", "--out", tmp_path / "o", "--ckpt-dir", tmp_path / "c",
-                       env={"HW3_DATA": str(tmp_path / "data"), "HW3_MNIST_MIRROR": str(tmp_path / "none")})
-    assert_clean_error(proc, "MNIST", "HW3_MNIST_MIRROR", str(tmp_path / "none"))
+def test_damaged_mnist_file_is_a_clean_error(tmp_path):
+    raw = DATA_DIR / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    for damage in (raw.read_bytes()[:-1], b"\x00\x00\x0d\x01" + raw.read_bytes()[4:], b""):
+        (tmp_path / "f").write_bytes(damage)
+        with pytest.raises(UserError, match="not an MNIST file"):
+            read_idx(tmp_path / "f")
+    assert read_idx(raw).shape == (10_000,)
+
+
+def test_missing_mnist_and_no_network_says_what_to_do(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once
+    with pytest.raises(UserError) as error:
+        fetch_mnist(root=tmp_path / "data", mirror=tmp_path / "none")
+    assert all(word in str(error.value) for word in ("MNIST", "HW3_MNIST_MIRROR", str(tmp_path / "none")))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -54,29 +62,30 @@ def test_nonsense_cli_values(tmp_path, capsys, args, words):
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_unwritable_output(tmp_path):
+def test_unwritable_output(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep me")
-    proc = run_script("p1_svd.py", "--dry-run", "--out", blocker / "out", "--ckpt-dir", tmp_path / "c")
-    assert_clean_error(proc, str(blocker / "out"))
+    code, err = run_main(p1_svd.main, ["--dry-run", "--out", blocker / "out", "--ckpt-dir", tmp_path / "c"], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(blocker / "out") in err, err
     assert blocker.read_text() == "keep me"
 
 
-def test_corrupt_baseline_checkpoint_is_reported_not_overwritten(tmp_path):
+def test_corrupt_baseline_checkpoint_is_reported_not_overwritten(tmp_path, capsys):
     path = baseline_path(tmp_path, 0)
     path.write_bytes(b"\x80\x02garbage")
-    proc = run_script("p1_svd.py", "--dry-run", "--seeds", "1", "--out", tmp_path / "o", "--ckpt-dir", tmp_path)
-    assert_clean_error(proc, str(path), "not a readable checkpoint")
+    code, err = run_main(p1_svd.main, ["--dry-run", "--seeds", "1", "--out", tmp_path / "o", "--ckpt-dir", tmp_path],
+                         capsys)
+    assert code == 2 and err.count("\n") == 1 and str(path) in err and "not a readable checkpoint" in err, err
     assert path.read_bytes() == b"\x80\x02garbage"
 
 
+@pytest.mark.slow  # 13 s on 2 idle cores: three interpreters, two of them in a gloo process group
 def test_torchrun_two_processes_match_one(tmp_path):
     """A tiny P1 training with 2 gloo processes equals the single-process run with the same global batch."""
     common = ["--dry-run", "--quiet", "--seeds", "1", "--dropout", "0", "--ranks", "20", "full"]
-    one = run_script("p1_svd.py", *common, "--out", tmp_path / "one", "--ckpt-dir", tmp_path / "one")
+    p1_svd.main(common + ["--out", str(tmp_path / "one"), "--ckpt-dir", str(tmp_path / "one")])
     two = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "p1_svd.py", *common,
                      "--out", tmp_path / "two", "--ckpt-dir", tmp_path / "two", env={"OMP_NUM_THREADS": "1"})
-    assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (load_checkpoint(baseline_path(tmp_path / d, 0))["model"] for d in ("one", "two"))
     for k in a:

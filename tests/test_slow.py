@@ -6,6 +6,7 @@ comments) and above what a broken network, SVD, gradient or drawing loop would g
 """
 import pytest
 
+from common.goals import TARGETS
 from conftest import read_json, run_script
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,8 @@ def test_p3_straight_through_training(p1, tmp_path):
     run("p3_svd_ste.py", "--seeds", "1", "--epochs", "1", "--out", tmp_path / "out", "--ckpt-dir", ckpt)
     metrics = read_json(tmp_path / "out" / "metrics.json")
     run_ = metrics["seeds"][0]
-    assert metrics["tracking_error_ratio_max"] <= 1.01  # the tracker stays within 1% of the exact rank-20 SVD
+    # the tracker stays within 1% of the exact rank-20 SVD
+    assert metrics["tracking_error_ratio_max"] <= TARGETS["p3.tracking_error_ratio_max"][1]
     assert run_["test_acc"] >= run_["initial_test_acc"] + 0.003  # measured 0.9652 -> 0.9724
     assert run_["test_acc"] >= 0.96
 

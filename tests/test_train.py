@@ -1,13 +1,17 @@
 """The shared training loop: exact resume after SIGKILL and SIGINT, non-finite loss, checkpoint safety,
-train-or-reuse."""
+train-or-reuse, and every problem's model trained for two steps in bf16."""
 import pytest
 import torch
-
 from torch.utils.data import TensorDataset
 
+import p2_factorized as p2
+import p5_draw as p5
+import tiny_fit
+from common.mnist_mlp import MLP, classification_loss
+from common.svd import svd
 from common.train import load_checkpoint, save_checkpoint, train_or_reuse
 from common.utils import UserError
-from conftest import assert_clean_error, run_script
+from conftest import run_main, run_script
 
 
 class Payload:
@@ -24,50 +28,47 @@ def assert_same_run(a, b):
         assert torch.equal(a["model"][k], b["model"][k]), k  # bit for bit
 
 
+def fit_in_process(ckpt, out, *args, capsys=None):
+    """tiny_fit in this process (everything but SIGKILL can be): (exit code, stderr)."""
+    return run_main(tiny_fit.main, [ckpt, out, *args], capsys)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("plain")
-    proc = run_script("tests/tiny_fit.py", d / "ckpt.pt", d / "out.pt")
-    assert proc.returncode == 0, proc.stderr
-    return final(d / "out.pt")
+    folder = tmp_path_factory.mktemp("plain")
+    tiny_fit.main([str(folder / "ckpt.pt"), str(folder / "out.pt")])
+    return final(folder / "out.pt")
 
 
 @pytest.mark.parametrize("kill_at", ["3:0", "4:5"])  # at an epoch boundary and mid-epoch
-def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, kill_at):
+def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, capsys, kill_at):
     ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
     proc = run_script("tests/tiny_fit.py", ckpt, out, "--kill-at", kill_at)
     assert proc.returncode == -9 and not out.exists()
     assert load_checkpoint(ckpt)["epoch"] == int(kill_at[0]) - 1  # the last finished epoch survived
-    proc = run_script("tests/tiny_fit.py", ckpt, out, "--resume")
-    assert proc.returncode == 0, proc.stderr
+    assert fit_in_process(ckpt, out, "--resume", capsys=capsys)[0] == 0
     assert_same_run(final(out), uninterrupted)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_signal_saves_mid_epoch_and_resume_is_bit_exact(uninterrupted, tmp_path, sig):
+def test_signal_saves_mid_epoch_and_resume_is_bit_exact(uninterrupted, tmp_path, capsys, sig):
     ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
-    proc = run_script("tests/tiny_fit.py", ckpt, out, "--kill-at", "2:4", "--signal", sig)
-    assert proc.returncode == 130, proc.stderr
-    assert "Traceback" not in proc.stderr and "--resume" in proc.stderr
+    code, err = fit_in_process(ckpt, out, "--kill-at", "2:4", "--signal", sig, capsys=capsys)
+    assert code == 130 and err.count("\n") == 1 and "--resume" in err, err
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"]) == (1, 5)  # it finished the step it was in, then saved
-    proc = run_script("tests/tiny_fit.py", ckpt, out, "--resume")
-    assert proc.returncode == 0, proc.stderr
+    assert fit_in_process(ckpt, out, "--resume", capsys=capsys)[0] == 0
     assert_same_run(final(out), uninterrupted)
 
 
-def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "ckpt.pt"
-    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--nan-at-epoch", "3")
-    assert_clean_error(proc, "loss became nan", "epoch 3")
+    code, err = fit_in_process(ckpt, tmp_path / "out.pt", "--nan-at-epoch", "3", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "loss became nan" in err and "epoch 3" in err, err
     assert load_checkpoint(ckpt)["epoch"] == 2
-
-
-def test_resume_with_other_config_names_both(tmp_path):
-    ckpt = tmp_path / "ckpt.pt"
-    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--kill-at", "2:0")
-    proc = run_script("tests/tiny_fit.py", ckpt, tmp_path / "out.pt", "--resume", "--lr", "0.1")
-    assert_clean_error(proc, "lr=0.003", "lr=0.1")
+    # resuming it with another config names both
+    code, err = fit_in_process(ckpt, tmp_path / "out.pt", "--resume", "--lr", "0.1", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "lr=0.003" in err and "lr=0.1" in err, err
 
 
 def test_checkpoints_are_atomic_and_weights_only(tmp_path):
@@ -127,3 +128,33 @@ def test_train_or_reuse_reuses_only_a_finished_run_with_the_same_config(tmp_path
     _, retrained, steps = run({"a": 2}, warmup=0.0)  # another config: trained, not reused
     assert steps == 3 * 4 + 3 and load_checkpoint(tmp_path / "c.pt")["config"] == {"a": 2}
     assert [h["train_loss"] for h in retrained] != [h["train_loss"] for h in history]  # the other schedule
+
+
+def test_two_bf16_steps_train_each_problems_model(tmp_path):
+    """P2's factorized network and P5's two drawers train under bf16 autocast (P3's straight-through network: see
+    test_p3): finite losses, weights that moved and stayed fp32. Tiny shapes: this CPU emulates bf16 slowly."""
+    g = torch.Generator().manual_seed(0)
+    mnist = TensorDataset(torch.rand(16, 12, generator=g), torch.randint(0, 10, (16,), generator=g))
+    patches = TensorDataset(torch.rand(16, 16, 49, generator=g))
+    torch.manual_seed(0)
+    base = MLP(width=16, depth=2, n_in=12)
+    config = {"hidden": 8, "layers": 1, "position": True, "head_hidden": 8, "neighbours": True, "components": 2}
+    cases = {"p2": (p2.factorize(base, [svd(layer.weight.detach()) for layer in base.hidden], 4), classification_loss,
+                    mnist),
+             "p5_mse": (p5.make_drawer({**config, "kind": "mse"}), p5.teacher_forced_loss, patches),
+             "p5_sampler": (p5.make_drawer({**config, "kind": "sampler"}), p5.likelihood_loss, patches)}
+    for name, (model, loss, data) in cases.items():
+        losses, before = [], {k: v.clone() for k, v in model.state_dict().items()}
+
+        def loss_fn(m, batch):
+            losses.append(loss(m, batch))
+            return losses[-1]
+
+        train_or_reuse(model, loss_fn, data, validate=None, monitor=None, warmup=0, epochs=1, batch_size=8, lr=1e-2,
+                       weight_decay=0.0, seed=0, ckpt_path=tmp_path / f"{name}.pt", config={}, precision="bf16",
+                       quiet=True)
+        assert len(losses) == 2 and all(torch.isfinite(x) for x in losses), name
+        assert losses[0].dtype == torch.float32, name  # the losses reduce in fp32 under autocast
+        after = model.state_dict()
+        assert all(after[k].dtype == torch.float32 for k in after if after[k].is_floating_point()), name
+        assert any(not torch.equal(after[k], before[k]) for k in after), name

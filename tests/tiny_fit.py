@@ -3,6 +3,7 @@
 It trains a small MLP with dropout, AdamW and a one-cycle schedule on fixed random data through
 common.train.fit, then saves the final weights and history to OUT. --kill-at E:S sends the process
 a signal (SIGKILL by default) just before step S of epoch E, the way a user or a cluster would stop it.
+The tests run it in a subprocess where it is killed (SIGKILL), else in-process: main(argv).
 """
 import argparse
 import os
@@ -18,7 +19,7 @@ from common.train import evaluate, fit  # noqa: E402
 from common.utils import run_cli, seed_everything  # noqa: E402
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("ckpt", type=Path)
     p.add_argument("out", type=Path)
@@ -27,7 +28,7 @@ def main():
     p.add_argument("--nan-at-epoch", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--lr", type=float, default=3e-3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(600, 20, generator=g), torch.randint(0, 3, (600,), generator=g)
