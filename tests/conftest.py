@@ -16,10 +16,14 @@ its baseline), and run while the tests go on; a session that needs only some of 
                      checkpoint folder)
     dry_p5_ablation  P5 --dry-run --ablation --jobs 1 from a copy of dry_p1's baseline: the two drawers and the
                      ablation's five, trained one after the other: (output folder, checkpoint folder)
+    dry_p4           P4 --dry-run on data/hw3 (a handful of files, small models): (output folder, checkpoint folder)
     dry_bench_p3     benchmarks/p3_svd_step.py --dry-run from a copy of dry_p1's baseline: its output folder
-    dry_runs         {"p1": output folder, "p2": ..., "p3": ..., "p5": ...}: the four scripts' dry runs, e.g. for
-                     the report's tests (a report of the dry runs links their files into a folder of its own, beside
-                     P4's and the benchmarks')
+    dry_bench_p4     benchmarks/p4_realtime.py --dry-run with dry_p4's denoiser.pt: its output folder
+    dry_bench_rank   benchmarks/rank_forward.py --dry-run from a copy of dry_p1's baseline: its output folder
+    dry_bench_train  benchmarks/train_step.py --dry-run on copies of every dry run's checkpoints: its output folder
+    dry_runs         {"p1": output folder, ..., "p5": ..., "bench_p3": ..., "bench_p4": ..., "bench_rank": ...,
+                     "bench_train": ...}: every dry run, e.g. for the report's tests (a report of the dry runs links
+                     their files into a folder of its own)
 
 Torch runs on one thread in the tests, here and in every subprocess (OMP_NUM_THREADS, unless set): a run in a
 subprocess and its re-run in this process compute the same numbers, small operations are fastest on one thread, and
@@ -133,7 +137,10 @@ def started(tmp_path_factory, dry_p1):
             "p5": DryRun(folder("p5"), "p5_draw.py", checkpoints=dry_p1[1]),
             "bench_p3": DryRun(folder("bench_p3"), "benchmarks/p3_svd_step.py", checkpoints=dry_p1[1], quiet=False),
             "p3": DryRun(folder("p3"), "p3_svd_ste.py", "--seeds", "1", checkpoints=dry_p1[1]),
-            "p2": DryRun(folder("p2"), "p2_factorized.py", "--seeds", "1", checkpoints=dry_p1[1])}
+            "p2": DryRun(folder("p2"), "p2_factorized.py", "--seeds", "1", checkpoints=dry_p1[1]),
+            "p4": DryRun(folder("p4"), "p4_denoise.py"),
+            "bench_rank": DryRun(folder("bench_rank"), "benchmarks/rank_forward.py", checkpoints=dry_p1[1],
+                                 quiet=False)}
     yield runs
     for run in runs.values():
         run.stop()
@@ -165,5 +172,34 @@ def dry_bench_p3(started):
 
 
 @pytest.fixture(scope="session")
-def dry_runs(dry_p1, dry_p2, dry_p3, dry_p5):
-    return {"p1": dry_p1[0], "p2": dry_p2[0], "p3": dry_p3[0], "p5": dry_p5[0]}
+def dry_p4(started):
+    return started["p4"].result()
+
+
+@pytest.fixture(scope="session")
+def dry_bench_rank(started):
+    return started["bench_rank"].result()[0]
+
+
+@pytest.fixture(scope="session")
+def dry_bench_p4(tmp_path_factory, dry_p4):
+    out = tmp_path_factory.mktemp("bench_p4")
+    proc = run_script("benchmarks/p4_realtime.py", "--dry-run", "--model", dry_p4[0] / "denoiser.pt", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def dry_bench_train(tmp_path_factory, dry_p1, dry_p2, dry_p3, dry_p4, dry_p5):
+    folder = tmp_path_factory.mktemp("bench_train")
+    every = folder / "every"  # the checkpoints of every dry run, as `make all` leaves them in checkpoints/
+    for _, ckpt in (dry_p1, dry_p2, dry_p3, dry_p4, dry_p5):
+        copy_checkpoints(ckpt, every)
+    return DryRun(folder, "benchmarks/train_step.py", checkpoints=every, quiet=False).result()[0]
+
+
+@pytest.fixture(scope="session")
+def dry_runs(dry_p1, dry_p2, dry_p3, dry_p4, dry_p5, dry_bench_p3, dry_bench_p4, dry_bench_rank, dry_bench_train):
+    return {"p1": dry_p1[0], "p2": dry_p2[0], "p3": dry_p3[0], "p4": dry_p4[0], "p5": dry_p5[0],
+            "bench_p3": dry_bench_p3, "bench_p4": dry_bench_p4, "bench_rank": dry_bench_rank,
+            "bench_train": dry_bench_train}

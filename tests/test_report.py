@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 import make_report
+from common import speech_data
 from common.goals import REQUIRED
 from common.denoiser import ZIP_STAMP as STAMP
 from common.report_source import code, imports
@@ -178,8 +179,9 @@ def test_handin_writes_the_report_and_the_denoised_te_zip(tmp_path, capsys):
     with fixed timestamps; a missing te folder is a one-line error before anything is written."""
     te = tmp_path / "te"
     te.mkdir()
-    for name in sorted(p.name for p in (ROOT / "data" / "hw3" / "te").glob("*.wav"))[:3]:
-        shutil.copy(ROOT / "data" / "hw3" / "te" / name, te / name)
+    source = speech_data.ensure_data(None) / "te"  # a clean clone builds data/hw3 from ../shared here
+    for name in sorted(p.name for p in source.glob("*.wav"))[:3]:
+        shutil.copy(source / name, te / name)
     code_, err = run_main(make_report.main, ["--handin", tmp_path / "handin", "--te", te], capsys)
     assert code_ == 0, err
     assert sorted(p.name for p in (tmp_path / "handin").iterdir()) == ["report.html", "report.ipynb",
@@ -210,26 +212,19 @@ def test_html_is_self_contained_and_shows_the_code(built):
 # ----------------------------------------------------------------------------- the report of the dry runs
 
 @pytest.fixture(scope="module")
-def dry_results(dry_p1, tmp_path_factory):
-    """Every script's and benchmark's --dry-run output in one temporary results folder (P1: conftest's run).
-
-    One module-scoped run of the dry runs; where conftest offers a shared session fixture of all dry runs, this
-    fixture becomes a folder of links to its outputs (p1..p5, and p3/p4's benchmark.json beside them)."""
+def dry_results(dry_runs, tmp_path_factory):
+    """Every script's and benchmark's --dry-run output (conftest's session runs) linked into one results folder laid
+    out as results/ is: p1..p5, the P3 and P4 benchmarks' benchmark.json beside their scripts' files, bench/."""
     results = tmp_path_factory.mktemp("dry-results")
-    ckpt = results / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "p1_baseline_seed0.pt").symlink_to(dry_p1[1] / "p1_baseline_seed0.pt")
-    (results / "p1").symlink_to(dry_p1[0])
-    for command in (["p2_factorized.py", "--seeds", "1", "--quiet", "--out", results / "p2"],
-                    ["p3_svd_ste.py", "--seeds", "1", "--quiet", "--out", results / "p3"],
-                    ["p4_denoise.py", "--quiet", "--out", results / "p4"],
-                    ["p5_draw.py", "--quiet", "--out", results / "p5"],
-                    ["benchmarks/p3_svd_step.py", "--out", results / "p3"]):
-        proc = run_script(*command, "--dry-run", "--ckpt-dir", ckpt)
-        assert proc.returncode == 0, (command, proc.stderr[-3000:])
-    proc = run_script("benchmarks/p4_realtime.py", "--dry-run", "--out", results / "p4",
-                      "--model", results / "p4" / "denoiser.pt")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("p1", "p2", "p3", "p4", "p5"):
+        (results / name).mkdir()
+        for path in dry_runs[name].iterdir():
+            (results / name / path.name).symlink_to(path)
+    for bench, folder in (("bench_p3", "p3"), ("bench_p4", "p4")):
+        (results / folder / "benchmark.json").symlink_to(dry_runs[bench] / "benchmark.json")
+    (results / "bench").mkdir()
+    for bench, name in (("bench_rank", "rank_forward.json"), ("bench_train", "train_step.json")):
+        (results / "bench" / name).symlink_to(dry_runs[bench] / name)
     return results
 
 
