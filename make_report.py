@@ -36,10 +36,12 @@ from common.utils import ROOT, ArgumentParser, atomic_path, run_cli, shown_path
 
 # every result the report reads, and the command that writes it
 SCRIPTS = {"p1": "p1_svd.py", "p2": "p2_factorized.py", "p3": "p3_svd_ste.py", "p4": "p4_denoise.py",
-           "p5": "p5_draw.py", "p3/benchmark": "benchmarks/p3_svd_step.py", "p4/benchmark": "benchmarks/p4_realtime.py"}
+           "p5": "p5_draw.py", "p3/benchmark": "benchmarks/p3_svd_step.py", "p4/benchmark": "benchmarks/p4_realtime.py",
+           "bench/rank_forward": "benchmarks/rank_forward.py", "bench/train_step": "benchmarks/train_step.py"}
 
 # the code each problem shows, (file, name) as the repository has it today: a name that moves is fixed here only
-CODE = {"p1": [("common/svd.py", "truncate"), ("common/svd.py", "LowRankLinear"), ("common/svd.py", "compress")],
+CODE = {"p1": [("common/svd.py", "truncate"), ("common/svd.py", "LowRankLinear"), ("common/svd.py", "compress"),
+               ("p1_svd.py", "BaselineLoss")],
         "p2": [("p2_factorized.py", "FactorizedLinear")],
         "p3": [("p3_svd_ste.py", "LowRankSTE")],
         "p4": [("p4_denoise.py", "ideal_binary_mask"), ("p4_denoise.py", "GRUMasker.forward")],
@@ -81,6 +83,14 @@ GOALS = {
                                         "completion (the nearest training image's bottom half, or the mean bottom "
                                         "half), on the test set and on the shown examples, whichever is higher",
                                         (lambda x: f"{x:.2f}", plain)),
+    "bench.rank_20_speedup_batch_1": ("P1: one image through the rank-20 network, speed-up over dense",
+                                      (times, lambda x: f"{x:g}x")),
+    "bench.rank_20_speedup_batch_1000": ("P1: a batch of 1000 through the rank-20 network, speed-up over dense",
+                                         (times, lambda x: f"{x:g}x")),
+    "bench.p1_step_ratio": ("P1: a training step under the default precision over an fp32 step",
+                            (times, lambda x: f"{x:g}x")),
+    "bench.p1_forward_backward_share_of_bf16_peak": ("P1: forward and backward pass, share of the bf16 matmul peak",
+                                                     (lambda x: pct(x, 0), percent)),
     "p5.budget_seconds": ("P5: wall time of a run that trains both drawers", (minutes, in_minutes)),
     "pipeline.minutes": ("The whole main job (`make all`), wall time", (lambda x: f"{x:.1f} min",
                                                                         lambda x: f"{x:g} min")),
@@ -165,7 +175,7 @@ def section_p1(m):
     fall = [f"from $D = {numeric[first]}$ on, it is within 0.2 points of the baseline with "
             f"{1 / r[numeric[first]]['params_ratio']:.1f}x fewer parameters"] if first < len(numeric) else []
     fall += [f"at $D = {d}$ it keeps {pm(r[d]['test_acc'])}" for d in reversed(numeric[:first])]
-    h = m["seeds"][0]["history"]
+    h, rec = m["seeds"][0]["history"], m["recipe"]
     return [Text(
         "## Problem 1: SVD compression of a 5 x 1024 MNIST classifier\n\n"
         "The baseline is $f(x) = W_6\\,\\sigma(W_5 \\cdots \\sigma(W_1 x + b_1) \\cdots + b_5) + b_6$ with "
@@ -178,11 +188,19 @@ def section_p1(m):
         "$x \\mapsto U_l\\,(S_l\\,(V_l^\\top x))$, and stores $D\\,(m + n + 1)$ numbers per $m \\times n$ layer "
         "instead of $mn$; biases and $W_6$ stay dense. The SVD is computed once per layer and sliced for every "
         "$D$ (`truncate`); `compress` rebuilds the network with `LowRankLinear` layers:"),
-        *[code(f, n) for f, n in CODE["p1"]],
+        *[code(f, n) for f, n in CODE["p1"][:3]],
         Text(
         f"**Training.** AdamW with a one-cycle learning-rate schedule and dropout, {h[-1]['epoch']} epochs on "
         f"{m['train_size']:,} training images; the epoch with the best validation accuracy is kept. "
-        f"{len(m['seeds'])} seeds (mean ± standard deviation over seeds).\n\n"
+        f"{len(m['seeds'])} seeds (mean ± standard deviation over seeds). The homework lets the baseline use any "
+        "technique taught, and this one is trained to be compressible as well as accurate: each training digit is "
+        f"moved by a random offset of up to {rec['shift']} pixel{'s' * (rec['shift'] != 1)} each way (accuracy), and "
+        f"a spectral-tail decay $\\frac{{\\lambda}}{{2}}\\sum_l \\|W_l - U_l U_l^\\top W_l V_l V_l^\\top\\|_F^2$ "
+        f"($\\lambda = {rec['tail_decay']:g}$), with $U_l, V_l$ the top-{rec['tail_rank']} singular vectors of $W_l$ "
+        f"recomputed every {rec['refresh']} steps, shrinks the energy the rank-{rec['tail_rank']} network drops:"),
+        *[code(f, n) for f, n in CODE["p1"][3:]],
+        *p1_ablation(m),
+        Text(
         f"**Result.** The baseline's test accuracy is {pm(base)} (the homework asks for {bound(req, percent)}: "
         f"{said(req)}). Rebuilt at rank $D$:\n\n"
         + table(["D", "parameters", "fewer than dense", "test accuracy"], rows)),
@@ -193,6 +211,19 @@ def section_p1(m):
         f"{r['full']['params']:,} numbers, more than the dense {r['dense']['params']:,}). "
         + "; ".join(fall)[:1].upper() + "; ".join(fall)[1:] +
         ". The singular values of the trained weights are in Beyond the homework.")]
+
+
+def p1_ablation(m):
+    """The recipe's ablation (python p1_svd.py --ablation), when metrics.json has one."""
+    if not m.get("ablation"):
+        return [Text("*The recipe's ablation has not been run (`python p1_svd.py --ablation`).*")]
+    rows = [[row["what"], pct(row["baseline_test_acc"]), pct(row["rank_test_acc"]["20"]),
+             pct(row["rank_test_acc"]["50"]) if "50" in row["rank_test_acc"] else "-", str(row["best_epoch"])]
+            for row in m["ablation"]["rows"]]
+    return [Text(
+        "What each part of the recipe does (seed 0, the same schedule; the last row is the main run's seed 0). The "
+        "shifts and the decay pull in opposite directions on their own; together they give both:\n\n"
+        + table(["recipe", "baseline test accuracy", "rank 20", "rank 50", "best epoch"], rows, align="lrrrr"))]
 
 
 def section_p2(m):
@@ -390,7 +421,8 @@ def build(results=ROOT / "results", out=ROOT, dry_run=False):
               + read(section_p1, m["p1"]) + read(section_p2, m["p2"]) + read(section_p3, m["p3"])
               + read(section_p4, m["p4"]) + read(section_p5, m["p5"])
               + beyond.heading()
-              + read(beyond.p1_speed, m["p1"])
+              + read(beyond.p1_speed, m["p1"], m["bench/rank_forward"])
+              + read(beyond.train_step, m["bench/train_step"])
               + read(beyond.p3_tracking, m["p3"], m["p3/benchmark"])
               + read(beyond.p4_details, m["p4"], m["p4/benchmark"])
               + read(beyond.p5_sampling, m["p5"])

@@ -26,8 +26,8 @@ from common.mnist_mlp import load_baseline, with_hidden
 from common.svd import cost, svd
 from common.train import init_distributed, is_main, resolve_precision
 from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, bounded_int, dropout_rate,
-                          machine, n_params, nonnegative_float, pick_device, positive_float, positive_int, resolve_dirs,
-                          run_cli, save_config, save_json)
+                          machine, n_params, nonnegative_float, nonnegative_int, pick_device, positive_float,
+                          positive_int, resolve_dirs, run_cli, save_config, save_json)
 
 
 def get_args(argv=None):
@@ -43,6 +43,8 @@ def get_args(argv=None):
     train.add("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2,
               help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
+    train.add("--shift", type=nonnegative_int, default=1,
+              help="shift each training digit by up to this many pixels each way, as the baseline trained (0: off)")
     add_precision_flag(train)
     add_common_args(p, out="results/p2")
     args = p.parse_args(argv)

@@ -38,7 +38,7 @@ from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_pr
 # P3's training settings, declared once: the flags below default to them, and benchmarks/p3_svd_step.py times a
 # training step with them without parsing a command line.
 DEFAULTS = {"rank": 20, "oversample": 10, "refresh_every": 200, "epochs": 10, "batch_size": 256, "lr": 5e-4,
-            "weight_decay": 0.0, "dropout": 0.1}
+            "weight_decay": 0.0, "dropout": 0.1, "shift": 1}
 
 
 def get_args(argv=None):
@@ -58,6 +58,8 @@ def get_args(argv=None):
     train.add("--weight-decay", type=nonnegative_float, default=DEFAULTS["weight_decay"], help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=DEFAULTS["dropout"],
               help="dropout after every hidden layer while training")
+    train.add("--shift", type=nonnegative_int, default=DEFAULTS["shift"],
+              help="shift each training digit by up to this many pixels each way, as the baseline trained (0: off)")
     add_precision_flag(train)
     add_common_args(p, out="results/p3")
     args = p.parse_args(argv)

@@ -66,7 +66,7 @@ def get_args(argv=None):
     both.add("--layers", type=positive_int, default=1, help="stacked LSTM layers")
     both.add("--position", action=argparse.BooleanOptionalAction, default=True,
              help="feed each patch's position (a one-hot of 16) beside its pixels")
-    both.add("--head-hidden", type=nonnegative_int, default=256,
+    both.add("--head-hidden", type=nonnegative_int, default=512,
              help="units of the heads' hidden ReLU layer (0: a single linear layer, as in the homework)")
     both.add("--neighbours", action=argparse.BooleanOptionalAction, default=True,
              help="the heads also see the next patch's left, above and above-right neighbours")
@@ -76,7 +76,7 @@ def get_args(argv=None):
     both.add("--clip-grad", type=nonnegative_float, default=1.0, help="clip the gradient norm (0: no clipping)")
     add_precision_flag(both)
     mse = TrainingFlags(p, "the MSE drawer")
-    mse.add("--epochs", type=positive_int, default=8, help="most epochs (early stopping may end sooner)")
+    mse.add("--epochs", type=positive_int, default=12, help="most epochs (early stopping may end sooner)")
     sampler = TrainingFlags(p, "the sampling drawer")
     sampler.add("--components", type=positive_int, default=8, help="mixture components of a next patch")
     sampler.add("--sampler-epochs", type=positive_int, default=5, help="most epochs (its head costs more per step)")
@@ -366,7 +366,7 @@ ABLATION = [
       "lr": 3e-3}),
     ("position", "+ each patch's position (one-hot of 16) in the LSTM's input", {"position": True}),
     ("one_layer_128", "one layer of 128 units instead of 2 x 64", {"hidden": 128, "layers": 1}),
-    ("mlp_head", "a head with a hidden layer (256 ReLU) instead of a linear one", {"head_hidden": 256}),
+    ("mlp_head", "a head with a hidden layer (512 ReLU) instead of a linear one", {"head_hidden": 512}),
     ("neighbours", "+ the next patch's left, above and above-right neighbours in the head's input",
      {"neighbours": True}),
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .utils import ROOT, UserError
 
@@ -76,3 +77,14 @@ def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR, dry_run=False):
     if dry_run:
         data = {k: tuple(t[:DRY_RUN_SIZES[k]] for t in split) for k, split in data.items()}
     return data
+
+
+def shifted(x, pixels):
+    """Each digit (batch, 28, 28) moved by its own random offset of up to `pixels` whole pixels each way, zeros
+    filling in."""
+    batch, height, width = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    dy, dx = (torch.randint(-pixels, pixels + 1, (batch, 1), device=x.device) + pixels for _ in range(2))
+    rows = torch.arange(height, device=x.device) + dy  # (batch, 28): the source row of every output row
+    cols = torch.arange(width, device=x.device) + dx
+    return padded[torch.arange(batch, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]

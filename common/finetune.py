@@ -6,6 +6,7 @@ from epoch 0, P1's network before any fine-tuning.
 """
 from torch.utils.data import TensorDataset
 
+from .data import shifted
 from .mnist_mlp import accuracy, classification_loss, classification_metrics
 from .plot import plt, save_figure
 from .train import best_record, evaluate, train_or_reuse
@@ -15,11 +16,12 @@ from .utils import mean_std, seed_everything
 def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None):
     """Fine-tune `model` on the training split, or reuse the finished run at `path` made with the same `config`.
 
-    P2's and P3's recipe: AdamW, a one-cycle schedule (10% warm-up), cross-entropy, and the epoch with the best
-    validation accuracy kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
+    P2's and P3's recipe: AdamW, a one-cycle schedule (10% warm-up), cross-entropy on digits shifted by up to
+    args.shift pixels (P1's baseline trained on them; 0: none), and the epoch with the best validation accuracy
+    kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
     (default: accuracy and loss of `model` itself on the validation split). `args` gives epochs, batch_size, lr,
-    weight_decay, precision (resolved: "fp32" or "bf16"), resume and quiet. Returns the history; `model` ends with
-    the best epoch's weights, in eval mode.
+    weight_decay, shift, precision (resolved: "fp32" or "bf16"), resume and quiet. Returns the history; `model`
+    ends with the best epoch's weights, in eval mode.
     """
     if validate is None:
         val_set = TensorDataset(*data["val"])
@@ -27,8 +29,12 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
         def validate(m):
             return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
 
-    seed_everything(seed)  # for the dropout masks: `model` already holds the weights it starts from
-    return train_or_reuse(model, classification_loss, TensorDataset(*data["train"]), validate=validate,
+    def loss(m, batch):
+        x, y = batch
+        return classification_loss(m, (shifted(x, args.shift) if args.shift else x, y))
+
+    seed_everything(seed)  # for the dropout masks and shifts: `model` already holds the weights it starts from
+    return train_or_reuse(model, loss, TensorDataset(*data["train"]), validate=validate,
                           monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
                           resume=args.resume, device=device, precision=args.precision, desc=desc, quiet=args.quiet)

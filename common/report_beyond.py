@@ -17,21 +17,59 @@ def heading():
                  "took to make.")]
 
 
-def p1_speed(m):
-    r = m["ranks"]
-    rows = [[d if d != "dense" else "dense (baseline)", f"{r[d]['macs']:,}", f"{r[d]['latency_ms_batch1']:.3f}",
-             f"{r[d]['latency_ms_batch1000']:.1f}",
-             "1.0x / 1.0x" if d == "dense" else f"{r[d]['speedup_batch1']:.1f}x / {r[d]['speedup_batch1000']:.1f}x"]
-            for d in r]
+def p1_speed(m, bench):
+    """P1's rank-D networks: multiply-adds (metrics.json) and the forward pass timed side by side
+    (benchmarks/rank_forward.py: interleaved rounds, two passes)."""
+    r, batches = bench["ranks"], bench["batches"]
+
+    def cell(row, b):
+        t = row[f"batch_{b}"]
+        return (f"{1e3 * t['seconds']['median']:.3f} ms, {t['speedup']['median']:.1f}x"
+                + ("" if t["reproduced"] else " (not reproduced)"))
+    rows = [[name.replace("rank ", "") if name != "dense" else "dense (baseline)", f"{row['macs']:,}",
+             f"{row['flop_ratio']:.1f}x", *(cell(row, b) for b in batches)] for name, row in r.items()]
     return [Text(
         "### P1: what the rank-D networks cost to run\n\n"
-        "Multiply-adds per image and the median wall time of one forward pass on this machine's CPU "
-        f"({m['threads']} threads), measured in one run for all networks. At full rank the factorized form costs "
-        "more than the dense one, as its parameter count says.\n\n"
-        + table(["D", "multiply-adds / image", "latency batch 1 (ms)", "latency batch 1000 (ms)",
-                 "speed-up (batch 1 / 1000)"], rows)),
+        f"Multiply-adds per image, and one forward pass of each network timed by `benchmarks/rank_forward.py` on "
+        f"{bench['machine']['cpu']} ({bench['threads']} threads): the networks take turns in each of "
+        f"{bench['rounds']} rounds (so a change of load hits them all alike), the median time and its speed-up over "
+        f"the dense network, measured in {bench['passes']} passes; *not reproduced* marks a speed-up whose second "
+        "pass fell outside the first's interquartile range. At full rank the factorized form costs more than the "
+        "dense one, as its parameter count says.\n\n"
+        + table(["D", "multiply-adds / image", "fewer multiply-adds",
+                 *(f"batch {b}: time, speed-up" for b in batches)], rows)),
         figure(m, "singular_values", "Singular values of the five hidden weights (seed 0); the dotted line is D = 20."),
         figure(m, "params_vs_rank", "Parameters against the rank D.")]
+
+
+def train_step(bench):
+    """Every problem's real training step in fp32 and under the default precision policy
+    (benchmarks/train_step.py), against the matmul peak of each precision measured in the same run."""
+    policy, peaks = bench["policy"], bench["peaks"]
+    kinds = ["fp32"] + (["bf16"] if policy == "bf16" else [])
+    rows = []
+    for row in bench["rows"]:
+        cells = [f"{1e3 * row[k]['seconds_per_step']['median']:.1f} ms ({pct(row[k]['share_of_peak'], 0)} of peak)"
+                 for k in kinds]
+        if policy == "bf16":
+            ratio = row["bf16"]["seconds_per_step"]["median"] / row["fp32"]["seconds_per_step"]["median"]
+            cells.append(f"{ratio:.2f}x")
+        rows.append([row["name"], str(row["threads"]), str(row["batch_size"]), f"{row['gflop_per_step']:.2f}",
+                     *cells, f"{row[policy]['seconds_per_epoch']:.1f} s", f"{row['main_run_epoch_seconds']:.1f} s"])
+    fb = bench["p1_forward_backward"]
+    peak = ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in peaks[str(bench["machine"]["threads"])].items())
+    return [Text(
+        "### Every training step, timed\n\n"
+        f"`benchmarks/train_step.py` times each problem's real training step (forward, loss, backward, optimizer) "
+        f"as `make all` trains it, with its batch size and thread count, in fp32 and under the default precision "
+        f"policy (here: {policy}), side by side in one run; the share of peak is the step's floating-point rate "
+        f"over a large matmul's measured in the same run ({peak} at {bench['machine']['threads']} threads). An "
+        f"epoch is the step times the steps of one epoch; the last column is the epoch the main run recorded (with "
+        f"its validation). P1's forward and backward pass alone: {1e3 * fb['seconds']['median']:.0f} ms, "
+        f"{pct(fb['share_of_peak'], 0)} of the {fb['precision']} peak."
+        + (f" Not measured here: {bench['not_measured']}." if bench.get("not_measured") else "") + "\n\n"
+        + table(["step", "threads", "batch", "GFLOP / step", *(f"{k} step" for k in kinds),
+                 *(["bf16 / fp32"] if policy == "bf16" else []), "epoch (benchmark)", "epoch (main run)"], rows))]
 
 
 def p3_tracking(m, bench):

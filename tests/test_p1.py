@@ -5,6 +5,7 @@ from torch.utils.data import TensorDataset
 
 import p1_svd
 from common import rank_figures
+from common.data import shifted
 from common.mnist_mlp import MLP, with_hidden
 from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
 from common.train import load_checkpoint
@@ -102,7 +103,40 @@ def test_dry_run_defaults_to_a_narrow_network_unless_told():
     args, train = p1_svd.get_args(["--dry-run"])
     assert (args.width, args.batch_size, args.epochs) == (64, 64, 1)
     assert p1_svd.get_args(["--dry-run", "--width", "32", "--batch-size", "8"])[0].width == 32
-    assert set(train.values(args)) == {"width", "epochs", "batch_size", "lr", "weight_decay", "dropout", "precision"}
+    assert set(train.values(args)) == {"width", "epochs", "batch_size", "lr", "weight_decay", "dropout", "shift",
+                                       "tail_decay", "tail_rank", "refresh", "precision"}
+
+
+def test_shifted_moves_each_digit_by_its_own_whole_pixel_offset():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 28, 28)
+    x[:, 10:18, 9:20] = torch.rand(64, 8, 11)  # ink away from the border: a shift of 2 loses none of it
+    y = shifted(x, 2)
+    offsets = set()
+    for a, b in zip(x, y):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(torch.roll(b, (dy, dx), (0, 1)), a)]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 10  # per digit, not one offset for the batch
+    assert torch.equal(shifted(x, 0), x)
+
+
+def test_tail_decay_is_the_energy_beyond_rank_r_and_carries_its_state():
+    """Right after a refresh the decay term is (decay / 2) * sum of the dropped squared singular values (an exact
+    SVD oracle); between refreshes the bases stay, and they are state_dict buffers (the checkpoint carries them)."""
+    model = tiny_mlp(width=12)
+    batch = (torch.rand(5, 28, 28, dtype=torch.float64), torch.randint(0, 10, (5,)))
+    plain = p1_svd.BaselineLoss(model, 0, 0.0, 4, 3).double()
+    decay = p1_svd.BaselineLoss(model, 0, 0.5, 4, 3).double()
+    dropped = sum(torch.linalg.svdvals(layer.weight)[4:].square().sum() for layer in model.hidden)
+    torch.testing.assert_close(decay(model, batch) - plain(model, batch), 0.25 * dropped)
+    assert decay.step.item() == 1 and set(decay.state_dict()) == {*(f"{n}{i}" for n in "UV" for i in range(3)), "step"}
+    U0 = decay.U0.clone()
+    with torch.no_grad():
+        model.hidden[0].weight.mul_(2)  # not refreshed until step 3: the old bases
+    decay(model, batch)
+    assert torch.equal(decay.U0, U0)
 
 
 def test_dry_run_writes_metrics_and_figures(dry_p1):

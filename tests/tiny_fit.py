@@ -2,7 +2,8 @@
 
 It trains a small MLP with dropout, AdamW and a one-cycle schedule on fixed random data through
 common.train.fit, then saves the final weights and history to OUT. --kill-at E:S sends the process
-a signal (SIGKILL by default) just before step S of epoch E, the way a user or a cluster would stop it.
+a signal (SIGKILL by default) just before step S of epoch E, the way a user or a cluster would stop it. Its loss
+keeps state (a count of its calls), which the checkpoint carries.
 The tests run it in a subprocess where it is killed (SIGKILL), else in-process: main(argv).
 """
 import argparse
@@ -41,13 +42,22 @@ def main(argv=None):
     kill = tuple(map(int, args.kill_at.split(":"))) if args.kill_at else None
     seen = {"epoch": 1, "step": 0}
 
-    def loss_fn(m, batch):
-        xb, yb = batch
-        if kill == (seen["epoch"], seen["step"]):
-            os.kill(os.getpid(), getattr(signal, args.signal))
-        seen["step"] += 1
-        loss = torch.nn.functional.cross_entropy(m(xb), yb)
-        return loss * float("nan") if seen["epoch"] == args.nan_at_epoch else loss
+    class Loss(torch.nn.Module):
+        """Cross-entropy weighted by a count of its own calls: a loss with state (as P1's is), which the
+        checkpoint must carry for the resumed run to be the same run."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, m, batch):
+            xb, yb = batch
+            if kill == (seen["epoch"], seen["step"]):
+                os.kill(os.getpid(), getattr(signal, args.signal))
+            seen["step"] += 1
+            self.calls += 1
+            loss = torch.nn.functional.cross_entropy(m(xb), yb) * (1 + (self.calls % 7) / 7)
+            return loss * float("nan") if seen["epoch"] == args.nan_at_epoch else loss
 
     def validate(m):
         seen["epoch"], seen["step"] = seen["epoch"] + 1, 0
@@ -57,7 +67,7 @@ def main(argv=None):
     if args.resume and args.ckpt.exists():  # line the kill counter up with where the checkpoint left off
         ckpt = torch.load(args.ckpt, weights_only=True)
         seen.update(epoch=ckpt["epoch"] + 1, step=ckpt["step"])
-    history = fit(model, loss_fn, optimizer, train, epochs=epochs, batch_size=batch, seed=0, validate=validate,
+    history = fit(model, Loss(), optimizer, train, epochs=epochs, batch_size=batch, seed=0, validate=validate,
                   monitor="val_loss", mode="min", scheduler=scheduler, ckpt_path=args.ckpt, resume=args.resume,
                   config={"lr": args.lr}, quiet=True)
     for h in history:
