@@ -2,7 +2,8 @@
 
 Per problem: the method and its math, the code that implements it, the decisive table and figure, and what they
 mean against the homework's expectation; then a summary of the homework's requirements and, apart, the project's
-own targets; everything else closes the report under "Beyond the homework" (common/report_beyond.py).
+own targets (common/report_summary.py); everything else closes the report under "Beyond the homework"
+(common/report_beyond.py).
 
 No measured number, bar or verdict is typed here: each is read from a metrics.json or benchmark.json that the
 scripts wrote (`required` and `goals`: the value judged, its bound and the verdict, see common.goals), with the
@@ -25,13 +26,13 @@ what they produce; report.html, one self-contained page (MathML, embedded figure
 from pathlib import Path
 
 from common import report_beyond as beyond
-from common.goals import REQUIRED, TARGETS, target
+from common.goals import target
 from common.handin import te_files, write_te_zip
-from common.report_blocks import (Figures, Text, bound, db, in_minutes, minutes, pct, percent, plain, pm, signed,
-                                  table, times)
+from common.report_blocks import Figures, Text, bound, pct, percent, pm, table
 from common.report_render import to_html, to_markdown, to_notebook
 from common.report_results import figure, load_results, read
 from common.report_source import code
+from common.report_summary import summary
 from common.utils import ROOT, ArgumentParser, atomic_path, run_cli, shown_path
 
 # every result the report reads, and the command that writes it
@@ -46,56 +47,6 @@ CODE = {"p1": [("common/svd.py", "truncate"), ("common/svd.py", "LowRankLinear")
         "p3": [("p3_svd_ste.py", "LowRankSTE")],
         "p4": [("p4_denoise.py", "ideal_binary_mask"), ("p4_denoise.py", "GRUMasker.forward")],
         "p5": [("p5_draw.py", "draw")]}
-
-# the summary's wording of every bar (keys of common.goals): what, how the measured value and the bound are written,
-# and what a bound measured in the same run is
-ACC = (pct, percent)
-GOALS = {
-    "p1.baseline_test_acc": ("P1: the baseline's test accuracy", ACC),
-    "p1.rank_20_test_acc": ("P1: test accuracy at rank 20, before any fine-tuning", ACC),
-    "p2.test_acc": ("P2: test accuracy of the rank-20 factors after fine-tuning", ACC, "P1's rank-20 network"),
-    "p3.test_acc": ("P3: test accuracy of the rank-20 network trained through its SVD", ACC),
-    "p3.tracking_error_ratio_max": ("P3: error of the tracked rank-20 weight over the exact truncation's, worst "
-                                    "epoch and layer", (lambda x: f"{x:.5f}", plain)),
-    "p3.amortized_ratio_to_plain": ("P3: a training step through the tracked SVD over a plain step",
-                                    (times, lambda x: f"{x:g}x")),
-    "p4.gru_beats_fc": ("P4: the GRU's `v` SNR", (db, db), "the FC baseline's"),
-    "p4.gru_snr_db": ("P4: the GRU's `v` SNR", (db, lambda x: f"{x:g} dB")),
-    "p4.gru_minus_fc_db": ("P4: GRU minus FC, `v` SNR paired per file", (db, lambda x: f"{x:g} dB")),
-    "p4.fraction_of_files_gru_better": ("P4: `v` files on which the GRU beats the FC", (lambda x: pct(x, 1), percent)),
-    "p4.noise_types_gru_better": ("P4: kinds of noise on which the GRU beats the FC", (plain, plain), "all"),
-    "p4.perceptual_order": ("P4: STOI and PESQ rank GRU over FC over the noisy input", (signed, plain)),  # older files:
-    "p4.stoi_gru_over_fc": ("P4: STOI, GRU minus FC", (signed, plain), None, "p4.perceptual_order"),
-    "p4.stoi_fc_over_noisy": ("P4: STOI, FC minus noisy input", (signed, plain), None, "p4.perceptual_order"),
-    "p4.pesq_gru_over_fc": ("P4: PESQ, GRU minus FC", (signed, plain), None, "p4.perceptual_order"),
-    "p4.pesq_fc_over_noisy": ("P4: PESQ, FC minus noisy input", (signed, plain), None, "p4.perceptual_order"),
-    "p4.rtf": ("P4: real-time factor of `denoise` on one CPU thread", (lambda x: f"{x:.4f}", plain)),
-    "p5.teacher_forced_test_mse": ("P5: the MSE drawer's teacher-forced test MSE per pixel",
-                                   (lambda x: f"{x:.4f}", plain)),
-    "p5.mse_drawer_class_kept": ("P5: the MSE drawer's completions that keep their class (test)",
-                                 (lambda x: pct(x, 1), percent)),
-    "p5.sampler_class_kept": ("P5: sampled completions that keep their class (test)", (lambda x: pct(x, 1), percent)),
-    "p5.sampler_best_of_k_below_mse_drawer": ("P5: bottom-half MSE of the closest of the sampling drawer's samples "
-                                              "(test)", (lambda x: f"{x:.4f}",) * 2, "the MSE drawer's"),
-    "p5.sampler_sharpness_closer_to_originals": ("P5: distance of the samples' sharpness from the originals'",
-                                                 (lambda x: f"{x:.3f}",) * 2, "the MSE drawer's"),
-    "p5.lstm_mse_over_best_reference": ("P5: the MSE drawer's bottom-half MSE over that of the better simple "
-                                        "completion (the nearest training image's bottom half, or the mean bottom "
-                                        "half), on the test set and on the shown examples, whichever is higher",
-                                        (lambda x: f"{x:.2f}", plain)),
-    "bench.rank_20_speedup_batch_1": ("P1: one image through the rank-20 network, speed-up over dense",
-                                      (times, lambda x: f"{x:g}x")),
-    "bench.rank_20_speedup_batch_1000": ("P1: a batch of 1000 through the rank-20 network, speed-up over dense",
-                                         (times, lambda x: f"{x:g}x")),
-    "bench.p1_step_ratio": ("P1: a training step under the default precision over an fp32 step",
-                            (times, lambda x: f"{x:g}x")),
-    "bench.p1_forward_backward_share_of_bf16_peak": ("P1: forward and backward pass, share of the bf16 matmul peak",
-                                                     (lambda x: pct(x, 0), percent)),
-    "p5.budget_seconds": ("P5: wall time of a run that trains both drawers", (minutes, in_minutes)),
-    "pipeline.minutes": ("The whole main job (`make all`), wall time", (lambda x: f"{x:.1f} min",
-                                                                        lambda x: f"{x:g} min")),
-}
-
 
 # ----------------------------------------------------------------------------- the homework, problem by problem
 
@@ -117,50 +68,6 @@ def intro():
         "**Model selection.** P1, P2, P3 and P5 pick their epoch on a validation split carved from MNIST's training "
         "images and use the test set for the final numbers only. P4 picks its epoch on `v` and reports `v`; its "
         "untouched test set is `te`, whose clean sources are withheld: it is denoised and handed in.")]
-
-
-def goal_rows(m, pipeline):
-    """(the homework's requirements, the project's targets) as metrics.json judged them, in problem order."""
-    found = [(f"{name.split('/')[0]}.{key}", entry, part == "required") for name, metrics in m.items()
-             for part in ("required", "goals") for key, entry in (metrics.get(part) or {}).items()]
-    if m["p5"].get("budget"):
-        found.append(("p5.budget_seconds", m["p5"]["budget"], False))
-    found.append(("pipeline.minutes", pipeline, False))
-    required, targets, grouped = [], [], {}
-    order = [name.split("/")[0] for name in SCRIPTS] + ["pipeline"]
-    for key, g, as_required in sorted(found, key=lambda f: order.index(f[0].split(".")[0])):  # stable: in-file order
-        what, (show, show_bound), of, part_of = (GOALS.get(key, (key, (plain, plain))) + (None, None))[:4]
-        as_required = as_required and key in REQUIRED
-        if (REQUIRED if as_required else TARGETS).get(key, (None, 0))[1] is None:  # a bound measured in the run
-            show_bound = show
-        else:
-            of = None
-        if as_required:
-            required.append([what, bound(g, show_bound, of), show(g["measured"]),
-                             "**met**" if g["met"] else "**not met**"])
-        elif part_of and part_of in grouped:  # one row for the parts of one target (older files judge each part apart)
-            grouped[part_of][2] += ", " + show(g["measured"])
-            grouped[part_of][3] = "reached" if grouped[part_of][3] == "reached" and g["met"] else "open"
-        else:
-            why = g.get("why") or TARGETS.get(part_of or key, (None, None, ""))[2]
-            row = [GOALS[part_of][0] if part_of else what, bound(g, show_bound, of) + " each" * bool(part_of),
-                   show(g["measured"]), "reached" if g["met"] else "open", why]
-            targets.append(row)
-            if part_of:
-                grouped[part_of] = row
-    return required, targets
-
-
-def summary(m, pipeline):
-    required, targets = goal_rows(m, pipeline)
-    return [Text(
-        "## Summary\n\n### The homework's requirements\n\n"
-        + table(["requirement", "bound", "measured", "verdict"], required) +
-        "\n\nAccuracies are means over seeds; each problem's section gives their number and spread.\n\n"
-        "### The project's own targets\n\n"
-        "Bars this project set itself beyond the homework, each with the reason it sits where it does. *Open* marks "
-        "one these results do not reach.\n\n"
-        + table(["target", "bar", "measured", "state", "why this bar"], targets, align="lrrll"))]
 
 
 def section_p1(m):

@@ -13,6 +13,14 @@ from .train import best_record, evaluate, train_or_reuse
 from .utils import mean_std, seed_everything
 
 
+def finetune_loss(shift):
+    """P2's and P3's loss: cross-entropy on digits shifted by up to `shift` pixels each way (0: as they are)."""
+    def loss(model, batch):
+        x, y = batch
+        return classification_loss(model, (shifted(x, shift) if shift else x, y))
+    return loss
+
+
 def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None):
     """Fine-tune `model` on the training split, or reuse the finished run at `path` made with the same `config`.
 
@@ -29,12 +37,8 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
         def validate(m):
             return {f"val_{k}": v for k, v in evaluate(m, val_set, classification_metrics, device=device).items()}
 
-    def loss(m, batch):
-        x, y = batch
-        return classification_loss(m, (shifted(x, args.shift) if args.shift else x, y))
-
     seed_everything(seed)  # for the dropout masks and shifts: `model` already holds the weights it starts from
-    return train_or_reuse(model, loss, TensorDataset(*data["train"]), validate=validate,
+    return train_or_reuse(model, finetune_loss(args.shift), TensorDataset(*data["train"]), validate=validate,
                           monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
                           resume=args.resume, device=device, precision=args.precision, desc=desc, quiet=args.quiet)
