@@ -322,8 +322,8 @@ def build(results=ROOT / "results", out=ROOT, dry_run=False):
     The report in reading order; each section reads its result files (SCRIPTS' keys) through `read`, which turns
     a file of the wrong shape into a one-line error naming the script to rerun."""
     m = load_results(results, SCRIPTS, dry_run)
-    wall = read(lambda *files: sum(f["wall_seconds"] for f in files), *m.values())
-    pipeline = target("pipeline.minutes", wall / 60)
+    seconds = read(lambda *files: sum(beyond.step_seconds(name, f) for name, f in zip(m, files)), *m.values())
+    pipeline = target("pipeline.minutes", seconds / 60)
     blocks = (intro() + read(summary, m, pipeline)
               + read(section_p1, m["p1"]) + read(section_p2, m["p2"]) + read(section_p3, m["p3"])
               + read(section_p4, m["p4"]) + read(section_p5, m["p5"])

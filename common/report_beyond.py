@@ -250,31 +250,53 @@ def p5_sampling(m):
         figure(m, "mse_per_patch", "The MSE drawer's teacher-forced test MSE of each predicted patch.")]
 
 
-def training_time(name, m):
-    """Training recorded in the checkpoints of one result file (what a run that reuses them did not redo)."""
+def training_seconds(name, m):
+    """Training recorded in the checkpoints of one result file (what a run that reuses them did not redo), in
+    seconds of wall time: P5's two drawers overlap when they trained side by side (--jobs 2). None: no training."""
     if name == "p1":
-        return minutes(sum(h["train_seconds"] for run in m["seeds"] for h in run["history"]))
+        return sum(h["train_seconds"] for run in m["seeds"] for h in run["history"])
     if name in ("p2", "p3"):
-        return minutes(sum(run["train_seconds"] for run in m["seeds"]))
+        return sum(run["train_seconds"] for run in m["seeds"])
     if name == "p4":
-        return minutes(sum(model["train_seconds"] for model in m["models"].values()))
-    if name == "p5":  # the two drawers train side by side: their times overlap
+        return sum(model["train_seconds"] for model in m["models"].values())
+    if name == "p5":
         mse, sampler = (sum(h["train_seconds"] for h in hist) for hist in (m["history"], m["sampler"]["history"]))
-        return f"MSE drawer {minutes(mse)}, sampling drawer {minutes(sampler)}, side by side"
-    return "-"
+        return max(mse, sampler) if m.get("jobs", 2) > 1 else mse + sampler
+    return None
+
+
+def step_seconds(name, m):
+    """What one step of `make all` from scratch takes at least: its wall time, or the training its checkpoints
+    record when a re-run reused them (and so took less)."""
+    return max(m["wall_seconds"], training_seconds(name, m) or 0)
+
+
+def training_time(name, m):
+    if name == "p5":
+        mse, sampler = (sum(h["train_seconds"] for h in hist) for hist in (m["history"], m["sampler"]["history"]))
+        return (f"MSE drawer {minutes(mse)}, sampling drawer {minutes(sampler)}"
+                + (", side by side" if m.get("jobs", 2) > 1 else ", one after the other"))
+    seconds = training_seconds(name, m)
+    return "-" if seconds is None else minutes(seconds)
 
 
 def timing(m, pipeline):
     rows = [[f"{k.upper()} (`{v.script}`)" if "/" not in k else f"benchmark (`{v.script}`)",
-             minutes(v["wall_seconds"]), training_time(k, v)] for k, v in m.items()]
-    rows.append(["**total**", f"**{pipeline['measured']:.1f} min**", ""])
+             str((v.get("machine") or {}).get("threads", "")), minutes(v["wall_seconds"]), training_time(k, v)]
+            for k, v in m.items()]
+    rows.append(["**total** (each step: its wall time, or its training when a re-run reused it)", "",
+                 f"**{pipeline['measured']:.1f} min**", ""])
+    side_by_side = m["p5"].get("jobs", 2) > 1
     return [Text(
         "### Time on this machine\n\n"
-        "Wall time of each step of the main job (`make all`) in the run that wrote these results, and the training "
-        "time recorded in the checkpoints (the same when everything was trained in that run; a re-run that reuses "
-        "the checkpoints takes minutes, and its wall times say so). P5 trains its two drawers at the same time, so "
-        "their training times overlap: each is a part of P5's wall time, and they do not add up:\n\n"
-        + table(["step", "wall time", "of which training"], rows, align="lrl"))]
+        "Wall time of each step of the main job (`make all`) in the run that wrote these results, with the threads "
+        "it used, and the training time recorded in the checkpoints (the same when everything was trained in that "
+        "run; a re-run that reuses the checkpoints takes minutes, and its wall times say so). A step that ran while "
+        "another shared the machine's cores took longer than it would alone; the training-step benchmark above "
+        "times each step alone."
+        + (" P5 trains its two drawers at the same time, so their training times overlap: each is a part of P5's "
+           "wall time, and they do not add up." if side_by_side else "") + "\n\n"
+        + table(["step", "threads", "wall time", "of which training"], rows, align="lrrl"))]
 
 
 def machines(m):

@@ -422,6 +422,11 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
     return state["history"]
 
 
+def trained_seconds(history):
+    """The training time a `fit` history records (its epochs' train_seconds; a resumed run's included)."""
+    return sum(record["train_seconds"] for record in history)
+
+
 def best_record(history, monitor, mode="max"):
     """The record of the epoch `fit` kept (the best `monitor`, the first of equals), from a history it returned."""
     pick = max if mode == "max" else min
