@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import p1_svd as p1
 import p2_factorized as p2
 import p5_draw as p5
 import tiny_fit
@@ -131,15 +132,19 @@ def test_train_or_reuse_reuses_only_a_finished_run_with_the_same_config(tmp_path
 
 
 def test_two_bf16_steps_train_each_problems_model(tmp_path):
-    """P2's factorized network and P5's two drawers train under bf16 autocast (P3's straight-through network: see
-    test_p3): finite losses, weights that moved and stayed fp32. Tiny shapes: this CPU emulates bf16 slowly."""
+    """P1's baseline with its shifts and tail decay (whose SVD refreshes every step here), P2's factorized network and
+    P5's two drawers train under bf16 autocast (P3's straight-through network: see test_p3): finite losses, weights
+    that moved and stayed fp32. Tiny shapes: this CPU emulates bf16 slowly."""
     g = torch.Generator().manual_seed(0)
     mnist = TensorDataset(torch.rand(16, 12, generator=g), torch.randint(0, 10, (16,), generator=g))
     patches = TensorDataset(torch.rand(16, 16, 49, generator=g))
     torch.manual_seed(0)
     base = MLP(width=16, depth=2, n_in=12)
+    digits = TensorDataset(torch.rand(16, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g))
+    p1_model = MLP(width=16, depth=2)
     config = {"hidden": 8, "layers": 1, "position": True, "head_hidden": 8, "neighbours": True, "components": 2}
-    cases = {"p2": (p2.factorize(base, [svd(layer.weight.detach()) for layer in base.hidden], 4), classification_loss,
+    cases = {"p1": (p1_model, p1.BaselineLoss(p1_model, shift=1, tail_decay=0.1, tail_rank=4, refresh=1), digits),
+             "p2": (p2.factorize(base, [svd(layer.weight.detach()) for layer in base.hidden], 4), classification_loss,
                     mnist),
              "p5_mse": (p5.make_drawer({**config, "kind": "mse"}), p5.teacher_forced_loss, patches),
              "p5_sampler": (p5.make_drawer({**config, "kind": "sampler"}), p5.likelihood_loss, patches)}
