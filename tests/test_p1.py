@@ -7,6 +7,7 @@ import p1_svd
 from common import rank_figures
 from common.data import shifted
 from common.mnist_mlp import MLP, with_hidden
+from common import svd as svd_module
 from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
 from common.train import load_checkpoint
 from common.utils import n_params
@@ -80,6 +81,27 @@ def test_low_rank_layer_computes_factorized_product():
     layer = LowRankLinear(*truncate(U, S, Vh, 3), b)
     x = torch.randn(4, 5, dtype=torch.float64)
     torch.testing.assert_close(layer(x), x @ low_rank(U, S, Vh, 3).T + b)
+
+
+@pytest.mark.skipif(svd_module.LINEAR_POINTWISE is None, reason="this torch has no oneDNN linear_pointwise")
+def test_the_fused_rank_d_forward_equals_the_plain_one():
+    """At a large batch, without grad, a rank-D layer's ReLU(U (S * (Vh x)) + b) is two oneDNN products with the ReLU
+    fused: the same fp32 numbers to rounding (1e-5 relative); below the batch threshold or with grad, the plain path."""
+    torch.manual_seed(0)
+    model = MLP(width=96, depth=3).eval()
+    net = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 20)
+    x = torch.rand(svd_module.FUSED_MIN_BATCH, 784)
+    with torch.no_grad():
+        assert svd_module.fused_linear_pays(x) and not svd_module.fused_linear_pays(x[:-1])
+        fused = net(x)
+        layer = net.hidden[0]
+        torch.testing.assert_close(layer.forward_relu(x, fused=True), layer.forward(x).relu_(), rtol=1e-5, atol=1e-6)
+    assert not svd_module.fused_linear_pays(x)  # grad enabled
+    plain = net(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and at full rank, fused, the dense network's logits
+        full = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], None)
+        torch.testing.assert_close(full(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_one_svd_serves_every_rank(monkeypatch):
