@@ -65,7 +65,8 @@ def train_step(bench):
         f"policy (here: {policy}), side by side in one run; the share of peak is the step's floating-point rate "
         f"over a large matmul's measured in the same run ({peak} at {bench['machine']['threads']} threads). An "
         f"epoch is the step times the steps of one epoch; the last column is the epoch the main run recorded (with "
-        f"its validation). P1's forward and backward pass alone: {1e3 * fb['seconds']['median']:.0f} ms, "
+        f"its validation, at the threads the timing table below gives, beside other jobs where they shared the "
+        f"cores). P1's forward and backward pass alone: {1e3 * fb['seconds']['median']:.0f} ms, "
         f"{pct(fb['share_of_peak'], 0)} of the {fb['precision']} peak."
         + (f" Not measured here: {bench['not_measured']}." if bench.get("not_measured") else "") + "\n\n"
         + table(["step", "threads", "batch", "GFLOP / step", *(f"{k} step" for k in kinds),

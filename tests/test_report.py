@@ -142,32 +142,23 @@ def test_summary_holds_requirements_apart_from_targets(built):
         assert jargon not in markdown
 
 
-def new_p4_formats(m):
-    """P4's metrics.json as the new P4 writes it: examples grouped by recording, a data context, a machine."""
-    wav = sorted({e["path"] for e in m["examples"]["v"]})
-    clip = lambda system, i, snr: {"system": system, "label": {"fc": "FC baseline"}.get(system, system.upper()),  # noqa
-                                   "path": wav[i % len(wav)], "snr_db": snr}
-    m["examples"] = {"v": [{"file": f"vx00{i}5.wav", "clips": [clip(s, i, None if s == "clean" else 1.5 * i + j)
-                                                              for j, s in enumerate(("noisy", "fc", "gru", "oracle_ibm",
-                                                                                     "clean"))]} for i in range(3)],
-                     "te": [{"file": f"tex01{i}0.wav", "clips": [clip(s, i, None) for s in ("noisy", "gru")]}
-                            for i in range(3)]}
-    m["data_context"] = {"input_snr_db": {"mean": -0.3, "min": -4.25, "max": 4.75},
-                         "share_of_oracle_gain": {"fc": 0.123, "gru": 0.456}}
-    m["machine"] = {"cpu": "Test CPU 9000", "isa": "AVX512", "bf16_matmul_in_hardware": True, "torch": "9.9",
-                    "threads": 7, "device": "cpu", "precision": "bf16"}
-
-
-def test_report_reads_the_new_p4_formats(results_copy, tmp_path):
+def test_report_shows_p4_clips_data_context_and_machine(results_copy, tmp_path):
     """Three `v` recordings as noisy / FC / GRU / oracle IBM / clean with their SNRs and three `te` ones: 21 players,
     labelled without backticks; the data context's numbers; where the results were made."""
     path = results_copy / "p4" / "metrics.json"
     m = json.loads(path.read_text())
-    new_p4_formats(m)
+    m["data_context"]["input_snr_db"].update(min=-4.25, max=4.75)
+    m["data_context"]["share_of_oracle_gain"].update(fc=0.123, gru=0.456)
+    m["machine"] = {"cpu": "Test CPU 9000", "isa": "AVX512", "bf16_matmul_in_hardware": True, "torch": "9.9",
+                    "threads": 7, "device": "cpu", "precision": "bf16"}
     replace(path, json.dumps(m))
     markdown, nb, html = make_report.build(results_copy, tmp_path)
-    assert html.count("<audio ") == 21 and markdown.count(".wav)") == 21
-    assert markdown.count(": 3.5 dB") == 1 and "[FC baseline: 2.5 dB]" in markdown  # each clip's label and SNR
+    clips = [clip for split in ("v", "te") for recording in m["examples"][split] for clip in recording["clips"]]
+    assert len(clips) == 21 and html.count("<audio ") == 21 and markdown.count(".wav)") == 21
+    assert [c["system"] for c in m["examples"]["v"][0]["clips"]] == ["noisy", "fc", "gru", "oracle_ibm", "clean"]
+    for clip in clips:  # each clip's label, with its SNR where it has one
+        snr = "" if clip["snr_db"] is None else f": {clip['snr_db']:.1f} dB"
+        assert f"[{clip['label']}{snr}](results/p4/{clip['path']})" in markdown
     players = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("Audio(")]
     assert len(players) == 21 and not any("`" in p.split("#", 1)[1] for p in players)
     assert "-4.25 to 4.75 dB" in markdown and "| 12% |" in markdown and "| 46% |" in markdown
@@ -294,7 +285,7 @@ def test_truncated_metrics_is_one_line_error(results_copy, tmp_path):
     ("p1/metrics.json", lambda m: m.pop("ranks"), ["['ranks']", "p1_svd.py"]),
     ("p4/benchmark.json", lambda m: m["cases"].pop("stage_gru"), ["['cases']['stage_gru']", "p4_realtime.py"]),
     ("p2/metrics.json", lambda m: m.update(seeds=3), ["p2/metrics.json", "TypeError"]),
-    ("p4/metrics.json", lambda m: m["examples"]["v"][0].update(path="audio/gone.wav"),
+    ("p4/metrics.json", lambda m: m["examples"]["v"][0]["clips"][0].update(path="audio/gone.wav"),
      ["p4/audio/gone.wav is missing"]),
     ("p3/metrics.json", lambda m: m["figures"].update(tracking_error="gone.png"), ["p3/gone.png is missing"]),
 ])
