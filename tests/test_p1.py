@@ -8,7 +8,7 @@ from common import rank_figures
 from common.data import shifted
 from common.mnist_mlp import MLP, with_hidden
 from common import svd as svd_module
-from common.svd import LowRankLinear, compress, cost, low_rank, svd, truncate
+from common.svd import LowRankLinear, rank_d_product, compress, cost, low_rank, svd, truncate
 from common.train import load_checkpoint
 from common.utils import n_params
 from conftest import read_json
@@ -95,13 +95,25 @@ def test_the_fused_rank_d_forward_equals_the_plain_one():
         assert svd_module.fused_linear_pays(x) and not svd_module.fused_linear_pays(x[:-1])
         fused = net(x)
         layer = net.hidden[0]
-        torch.testing.assert_close(layer.forward_relu(x, fused=True), layer.forward(x).relu_(), rtol=1e-5, atol=1e-6)
+        factors = (layer.U, layer.S, layer.Vh, layer.bias)
+        torch.testing.assert_close(rank_d_product(x, *factors, relu=True, fused=True), layer(x).relu_(), rtol=1e-5,
+                                   atol=1e-6)
     assert not svd_module.fused_linear_pays(x)  # grad enabled
     plain = net(x)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # and at full rank, fused, the dense network's logits
         full = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], None)
         torch.testing.assert_close(full(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_rank_d_network_gathers_its_factors_again_after_a_conversion():
+    model = tiny_mlp()
+    net = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 5).double()
+    x = torch.rand(4, 784, dtype=torch.float64)
+    before = net(x)  # gathers the float64 factors
+    net.float()  # new buffers: a forward on the old ones would fail on dtypes
+    after = net(x.float())
+    assert after.dtype == torch.float32 and torch.allclose(after, before.float(), atol=1e-5)
 
 
 def test_one_svd_serves_every_rank(monkeypatch):
