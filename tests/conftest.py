@@ -7,6 +7,8 @@ Session fixtures: each dry run runs once, in a subprocess, in its own temporary 
 that asks for it. Tests only read these folders: a test that writes (a re-run, a damaged file) works in its own
 tmp_path, with copies (`copy_checkpoints`). All but P1's start together once one of them is asked for (they need
 its baseline), and run while the tests go on; a session that needs only some of them stops the others at its end.
+A session whose tests need them starts them at its beginning and runs the test files that do not need them first,
+so that those files' work overlaps the dry runs' (pytest's order otherwise).
 
     dry_p1           P1 --dry-run --seeds 1 (5 x 64 units): (output folder, checkpoint folder with
                      p1_baseline_seed0.pt)
@@ -77,6 +79,23 @@ def run_main(main, argv, capsys):
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+DRY_RUN_FILES = set()  # the collected test files whose tests use the dry runs started together (`started`)
+
+
+def pytest_collection_modifyitems(items):
+    """The files that use the session's dry runs last, in pytest's order otherwise (whole files: module fixtures
+    stay set up once)."""
+    DRY_RUN_FILES.update(item.path for item in items if "started" in item.fixturenames)
+    items.sort(key=lambda item: item.path in DRY_RUN_FILES)  # stable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dry_runs_started_early(request):
+    """Start the dry runs at the session's beginning when some collected test needs them."""
+    if DRY_RUN_FILES:
+        request.getfixturevalue("started")
 
 
 @pytest.fixture(autouse=True)
