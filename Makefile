@@ -14,6 +14,8 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@# librosa (the tests' STFT reference) compiles its numba kernels on first use, 18 s, and caches them in the venv
+	$(PY) -c "import numpy, librosa; librosa.istft(librosa.stft(numpy.zeros(4096, dtype=numpy.float32)))"
 	touch $@
 
 p1: install
