@@ -20,18 +20,17 @@ since P2 and P3 start from them too.
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.ablation import read_ablation
 from common.data import load_mnist, shifted
-from common.mnist_mlp import MLP, baseline_path, classification_metrics
+from common.mnist_mlp import MLP, baseline_path, classification_loss, classification_metrics
 from common.goals import required, target
 from common.rank_figures import plot_accuracy_vs_rank, plot_params_vs_rank, plot_singular_values
 from common.svd import compress, cost, svd
 from common.train import (best_record, evaluate, full_precision, init_distributed, is_main, resolve_precision,
-                          train_or_reuse, unwrap)
+                          train_or_reuse, trained_seconds, unwrap)
 from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, dropout_rate, machine,
                           mean_std, nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int,
                           resolve_dirs, run_cli, save_config, save_json, seed_everything)
@@ -105,24 +104,20 @@ class BaselineLoss(nn.Module):
 
     def forward(self, model, batch):
         x, y = batch
-        if self.shift:
-            x = shifted(x, self.shift)
-        loss = F.cross_entropy(model(x), y)
+        loss = classification_loss(model, (shifted(x, self.shift), y))
         if not self.tail_decay:
             return loss
         weights = [layer.weight for layer in unwrap(model).hidden]
+        bases = [(getattr(self, f"U{i}"), getattr(self, f"V{i}")) for i in range(len(weights))]
         with full_precision(x.device):
             if self.step % self.refresh == 0:
                 with torch.no_grad():
-                    for i, W in enumerate(weights):
-                        U, _, Vh = torch.linalg.svd(W, full_matrices=False)
-                        getattr(self, f"U{i}").copy_(U[:, :getattr(self, f"U{i}").shape[1]])
-                        getattr(self, f"V{i}").copy_(Vh[:getattr(self, f"V{i}").shape[1]].T)
+                    for W, (U, V) in zip(weights, bases):
+                        U_all, _, Vh_all = torch.linalg.svd(W, full_matrices=False)
+                        U.copy_(U_all[:, :U.shape[1]])
+                        V.copy_(Vh_all[:V.shape[1]].T)
             self.step += 1
-            tail = 0.0
-            for i, W in enumerate(weights):
-                U, V = getattr(self, f"U{i}"), getattr(self, f"V{i}")
-                tail = tail + (W - U @ (U.T @ W @ V) @ V.T).square().sum()
+            tail = sum((W - U @ (U.T @ W @ V) @ V.T).square().sum() for W, (U, V) in zip(weights, bases))
         return loss + 0.5 * self.tail_decay * tail
 
 
@@ -157,11 +152,10 @@ ABLATION_RUN = "python p1_svd.py --ablation"  # what writes ablation.json
 
 
 def ablation_rows(data, flags, args, ranks, test_set, device, final):
-    """One record per ABLATION row: its baseline's and its rank-D networks' test accuracies (`final`: the main run's
-    seed 0, the row with no change)."""
+    """One record per ABLATION row: its baseline's and its rank-D networks' test accuracies, its kept epoch and its
+    training time (`final`: the main run's seed 0, the row with no change)."""
     rows = []
     for name, what, overrides in ABLATION:
-        t0 = time.time()
         if overrides:
             model, history = train_baseline(0, data, {**flags, **overrides}, args, device, name=f"ablation_{name}")
             _, test_acc, accs = rank_d_accuracy(model, ranks, test_set, device)
@@ -169,7 +163,7 @@ def ablation_rows(data, flags, args, ranks, test_set, device, final):
             test_acc, accs, history = final["baseline_test_acc"], final["rank_test_acc"], final["history"]
         rows.append({"name": name, "what": what, "overrides": overrides, "baseline_test_acc": test_acc,
                      "rank_test_acc": accs, "best_epoch": best_record(history, "val_acc", "max")["epoch"],
-                     "seconds": time.time() - t0 if overrides else final["seconds"]})
+                     "train_seconds": trained_seconds(history)})
         print(f"[p1] ablation {name}: baseline {test_acc:.4f}, rank 20 {accs.get('20', float('nan')):.4f}")
     return rows
 

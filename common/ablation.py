@@ -9,7 +9,7 @@ import argparse
 import time
 
 from .results import read_result
-from .train import best_record, describe_diff
+from .train import best_record, describe_diff, trained_seconds
 from .utils import UserError, mean_std, save_json, shown_path
 
 
@@ -56,7 +56,7 @@ def ablation_table(rows, configs, histories, params, monitor, mode="min"):
         table.append({"name": name, "change": change, monitor: best[monitor],
                       f"{monitor}_change": None if not table else best[monitor] - table[-1][monitor],
                       "best_epoch": best["epoch"], "epochs_trained": len(history),
-                      "train_seconds": sum(r["train_seconds"] for r in history), "params": n, "config": config})
+                      "train_seconds": trained_seconds(history), "params": n, "config": config})
     return table
 
 

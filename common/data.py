@@ -81,7 +81,9 @@ def load_mnist(root=DATA_DIR, mirror=MNIST_MIRROR, dry_run=False):
 
 def shifted(x, pixels):
     """Each digit (batch, 28, 28) moved by its own random offset of up to `pixels` whole pixels each way, zeros
-    filling in."""
+    filling in; `pixels` 0: x itself (and no random numbers drawn)."""
+    if not pixels:
+        return x
     batch, height, width = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
     dy, dx = (torch.randint(-pixels, pixels + 1, (batch, 1), device=x.device) + pixels for _ in range(2))

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from .data import shifted
 from .mnist_mlp import accuracy, classification_loss, classification_metrics
 from .plot import plt, save_figure
-from .train import best_record, evaluate, train_or_reuse
+from .train import best_record, evaluate, train_or_reuse, trained_seconds
 from .utils import mean_std, seed_everything
 
 
@@ -17,7 +17,7 @@ def finetune_loss(shift):
     """P2's and P3's loss: cross-entropy on digits shifted by up to `shift` pixels each way (0: as they are)."""
     def loss(model, batch):
         x, y = batch
-        return classification_loss(model, (shifted(x, shift) if shift else x, y))
+        return classification_loss(model, (shifted(x, shift), y))
     return loss
 
 
@@ -52,7 +52,7 @@ def finetune_scores(baseline, initial, final, history, data, device):
             "initial_val_acc": accuracy(initial, data["val"], device),
             "test_acc": accuracy(final, data["test"], device),
             "best_epoch": best_record(history, "val_acc", "max")["epoch"],
-            "train_seconds": sum(h["train_seconds"] for h in history)}  # kept when a finished run is reused
+            "train_seconds": trained_seconds(history)}  # kept when a finished run is reused
 
 
 def summarize(runs):

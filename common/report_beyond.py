@@ -6,6 +6,7 @@ import statistics
 
 from .report_blocks import Audio, Figures, Listening, Text, minutes, pct, table
 from .report_results import existing, figure
+from .train import trained_seconds
 
 SYSTEMS = {"noisy": "noisy input", "fc": "FC", "gru": "GRU", "oracle_ibm": "oracle IBM", "clean": "clean"}
 
@@ -255,15 +256,24 @@ def training_seconds(name, m):
     """Training recorded in the checkpoints of one result file (what a run that reuses them did not redo), in
     seconds of wall time: P5's two drawers overlap when they trained side by side (--jobs 2). None: no training."""
     if name == "p1":
-        return sum(h["train_seconds"] for run in m["seeds"] for h in run["history"])
+        return sum(trained_seconds(run["history"]) for run in m["seeds"])
     if name in ("p2", "p3"):
         return sum(run["train_seconds"] for run in m["seeds"])
     if name == "p4":
         return sum(model["train_seconds"] for model in m["models"].values())
     if name == "p5":
-        mse, sampler = (sum(h["train_seconds"] for h in hist) for hist in (m["history"], m["sampler"]["history"]))
-        return max(mse, sampler) if m.get("jobs", 2) > 1 else mse + sampler
+        return (max if side_by_side(m) else sum)(drawer_seconds(m))
     return None
+
+
+def drawer_seconds(m):
+    """P5's two drawers' training times (MSE, sampling), as their histories record them."""
+    return trained_seconds(m["history"]), trained_seconds(m["sampler"]["history"])
+
+
+def side_by_side(m):
+    """Whether P5 trained its drawers at the same time (--jobs 2, the default), so that their times overlap."""
+    return m.get("jobs", 2) > 1
 
 
 def step_seconds(name, m):
@@ -274,9 +284,9 @@ def step_seconds(name, m):
 
 def training_time(name, m):
     if name == "p5":
-        mse, sampler = (sum(h["train_seconds"] for h in hist) for hist in (m["history"], m["sampler"]["history"]))
+        mse, sampler = drawer_seconds(m)
         return (f"MSE drawer {minutes(mse)}, sampling drawer {minutes(sampler)}"
-                + (", side by side" if m.get("jobs", 2) > 1 else ", one after the other"))
+                + (", side by side" if side_by_side(m) else ", one after the other"))
     seconds = training_seconds(name, m)
     return "-" if seconds is None else minutes(seconds)
 
@@ -287,7 +297,6 @@ def timing(m, pipeline):
             for k, v in m.items()]
     rows.append(["**total** (each step: its wall time, or its training when a re-run reused it)", "",
                  f"**{pipeline['measured']:.1f} min**", ""])
-    side_by_side = m["p5"].get("jobs", 2) > 1
     return [Text(
         "### Time on this machine\n\n"
         "Wall time of each step of the main job (`make all`) in the run that wrote these results, with the threads "
@@ -296,7 +305,7 @@ def timing(m, pipeline):
         "another shared the machine's cores took longer than it would alone; the training-step benchmark above "
         "times each step alone."
         + (" P5 trains its two drawers at the same time, so their training times overlap: each is a part of P5's "
-           "wall time, and they do not add up." if side_by_side else "") + "\n\n"
+           "wall time, and they do not add up." if side_by_side(m["p5"]) else "") + "\n\n"
         + table(["step", "threads", "wall time", "of which training"], rows, align="lrrl"))]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .audio import RATE, si_sdr_db, snr_db
 from .goals import required, target
-from .train import best_record
+from .train import best_record, trained_seconds
 from .utils import mean_std, n_params
 
 
@@ -94,5 +94,5 @@ def judge(summary):
 def model_records(trained):
     """metrics.json's `models`: each model's training config, size, kept epoch and training time."""
     return {kind: {"config": config, "params": n_params(model), "best_epoch": best_record(history, "val_snr")["epoch"],
-                   "epochs_run": len(history), "train_seconds": sum(h["train_seconds"] for h in history)}
+                   "epochs_run": len(history), "train_seconds": trained_seconds(history)}
             for kind, (model, config, history) in trained.items()}
