@@ -25,15 +25,16 @@ what they produce; report.html, one self-contained page (MathML, embedded figure
 """
 from pathlib import Path
 
-from common import report_beyond as beyond
+from common.report import beyond
+from common.cli import ArgumentParser, run_cli
+from common.files import ROOT, atomic_path, shown_path
 from common.goals import target
-from common.handin import te_files, write_te_zip
-from common.report_blocks import Figures, Text, bound, pct, percent, pm, table
-from common.report_render import to_html, to_markdown, to_notebook
-from common.report_results import figure, load_results, read
-from common.report_source import code
-from common.report_summary import summary
-from common.utils import ROOT, ArgumentParser, atomic_path, run_cli, shown_path
+from common.report.blocks import Figures, Text, bound, pct, percent, pm, table
+from common.report.handin import te_files, write_te_zip
+from common.report.render import to_html, to_markdown, to_notebook
+from common.report.results import figure, load_results, read
+from common.report.source import code
+from common.report.summary import summary
 
 # every result the report reads, and the command that writes it
 SCRIPTS = {"p1": "p1_svd.py", "p2": "p2_factorized.py", "p3": "p3_svd_ste.py", "p4": "p4_denoise.py",
@@ -41,7 +42,7 @@ SCRIPTS = {"p1": "p1_svd.py", "p2": "p2_factorized.py", "p3": "p3_svd_ste.py", "
            "bench/rank_forward": "benchmarks/rank_forward.py", "bench/train_step": "benchmarks/train_step.py"}
 
 # the code each problem shows, (file, name) as the repository has it today: a name that moves is fixed here only
-CODE = {"p1": [("common/svd.py", "truncate"), ("common/svd.py", "LowRankLinear"), ("common/svd.py", "compress"),
+CODE = {"p1": [("p1_svd.py", "truncate"), ("p1_svd.py", "LowRankLinear"), ("p1_svd.py", "compress"),
                ("p1_svd.py", "BaselineLoss")],
         "p2": [("p2_factorized.py", "FactorizedLinear")],
         "p3": [("p3_svd_ste.py", "LowRankSTE")],

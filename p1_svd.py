@@ -20,20 +20,22 @@ since P2 and P3 start from them too.
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.ablation import read_ablation
-from common.data import load_mnist, shifted
-from common.mnist_mlp import MLP, baseline_path, classification_loss, classification_metrics
-from common.goals import required, target
-from common.rank_figures import plot_accuracy_vs_rank, plot_params_vs_rank, plot_singular_values
-from common.svd import compress, cost, svd
-from common.train import (best_record, evaluate, full_precision, init_distributed, is_main, resolve_precision,
-                          train_or_reuse, trained_seconds, unwrap)
-from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, dropout_rate, machine,
-                          mean_std, nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int,
-                          resolve_dirs, run_cli, save_config, save_json, seed_everything)
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, dropout_rate, nonnegative_float,
+                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+from common.files import resolve_dirs, save_config, save_json
+from common.goals import mean_std, required, target
+from common.mnist.data import load_mnist, shifted
+from common.mnist.figures import plot_accuracy_vs_rank, plot_params_vs_rank, plot_singular_values
+from common.mnist.fused import fast
+from common.mnist.mlp import MLP, baseline_path, classification_loss, classification_metrics, with_hidden
+from common.precision import add_precision_flag, full_precision, machine, resolve_precision
+from common.train import (best_record, evaluate, init_distributed, is_main, seed_everything, train_or_reuse,
+                          trained_seconds, unwrap)
 
 RANKS = ["10", "20", "50", "100", "200", "full"]
 FIGURES = ["accuracy_vs_rank", "params_vs_rank", "singular_values"]  # beside metrics.json, as .png
@@ -170,13 +172,78 @@ def ablation_rows(data, flags, args, ranks, test_set, device, final):
 
 # ----------------------------------------------------------------------------- 2. the rank-D networks
 
+def svd(W):
+    """Thin SVD (U, S, Vh) of a (out, in) weight, W = U diag(S) Vh: U (out, k), S (k,), Vh (k, in), k = min(out, in).
+    Computed once per layer and sliced for every rank."""
+    return torch.linalg.svd(W, full_matrices=False)
+
+
+def truncate(U, S, Vh, rank):
+    """The first `rank` singular triplets: U[:, :D], S[:D], Vh[:D]; rank=None or >= k keeps them all."""
+    return U[:, :rank], S[:rank], Vh[:rank]
+
+
+class LowRankLinear(nn.Module):
+    """x -> U (S * (Vh x)) + b: a linear layer stored and computed as its rank-D factors, D * (in + out + 1)
+    numbers and multiply-adds instead of in * out."""
+
+    def __init__(self, U, S, Vh, bias):
+        super().__init__()
+        self.register_buffer("U", U.contiguous())    # (out, D)
+        self.register_buffer("S", S.contiguous())    # (D,)
+        self.register_buffer("Vh", Vh.contiguous())  # (D, in)
+        self.register_buffer("bias", bias.detach().clone())  # (out,)
+
+    def forward(self, x):  # (batch, in) -> (batch, out)
+        return F.linear(F.linear(x, self.Vh).mul_(self.S), self.U, self.bias)  # (batch, D) scaled by S, then out
+
+    def extra_repr(self):
+        return f"in={self.Vh.shape[1]}, out={self.U.shape[0]}, rank={self.S.numel()}"
+
+
+def compress(model, factors, rank):
+    """P1's rank-D network: a copy of the MLP `model` whose hidden layers are LowRankLinear at `rank` (None = full),
+    from factors [(U, S, Vh), ...], the SVD of each hidden weight. The last layer is copied as it is; eval mode."""
+    layers = [LowRankLinear(*truncate(U, S, Vh, rank), layer.bias) for (U, S, Vh), layer in zip(factors, model.hidden)]
+    return with_hidden(model, layers).eval()
+
+
+def low_rank_cost(shapes, rank):
+    """(parameters, multiply-adds per input vector) of the layers `shapes` [(out, in), ...] at `rank`.
+
+    Each layer stores U (out x D), S (D numbers), Vh (D x in) and its bias (out), and computes
+    Vh x (D * in), then S (D), then U (out * D). rank=None means full rank, D = min(out, in).
+    """
+    params = macs = 0
+    for out, n_in in shapes:
+        d = min(out, n_in) if rank is None else min(rank, out, n_in)
+        params += d * (n_in + 1 + out) + out
+        macs += d * (n_in + 1 + out)
+    return params, macs
+
+
+def cost(model, rank):
+    """(parameters, multiply-adds per image) of the MLP `model` with its hidden layers at `rank` (0 = dense).
+
+    The last layer stays dense either way.
+    """
+    head = model.head.weight.numel() + model.head.bias.numel()
+    if rank == 0:
+        hidden = [layer.weight for layer in model.hidden]
+        return (sum(w.numel() + w.shape[0] for w in hidden) + head,
+                sum(w.numel() for w in hidden) + model.head.weight.numel())
+    params, macs = low_rank_cost([tuple(layer.weight.shape) for layer in model.hidden], rank)
+    return params + head, macs + model.head.weight.numel()
+
+
 @torch.no_grad()
 def rank_d_accuracy(model, ranks, test_set, device):
     """(the SVD of each hidden weight, the baseline's test accuracy, {D: test accuracy of the rank-D network}): one
-    decomposition per layer, sliced for every rank (None: full)."""
+    decomposition per layer, sliced for every rank (None: full). The rank-D networks run through their fast
+    inference path (common/mnist/fused.py: the same function, tested equal)."""
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     test_acc = evaluate(model, test_set, classification_metrics, device=device)["acc"]
-    accs = {str(r or "full"): evaluate(compress(model, factors, r), test_set, classification_metrics,
+    accs = {str(r or "full"): evaluate(fast(compress(model, factors, r)), test_set, classification_metrics,
                                        device=device)["acc"] for r in ranks}
     return factors, test_acc, accs
 

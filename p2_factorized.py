@@ -19,15 +19,16 @@ import time
 import torch
 import torch.nn as nn
 
-from common.data import load_mnist
-from common.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
+                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+from common.files import resolve_dirs, save_config, save_json
 from common.goals import required, target
-from common.mnist_mlp import load_baseline, with_hidden
-from common.svd import cost, svd
-from common.train import init_distributed, is_main, resolve_precision
-from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, bounded_int, dropout_rate,
-                          machine, n_params, nonnegative_float, nonnegative_int, pick_device, positive_float,
-                          positive_int, resolve_dirs, run_cli, save_config, save_json)
+from common.mnist.data import load_mnist
+from common.mnist.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
+from common.mnist.mlp import load_baseline, with_hidden
+from common.precision import add_precision_flag, machine, resolve_precision
+from common.train import init_distributed, is_main, n_params
+from p1_svd import cost, svd
 
 
 def get_args(argv=None):

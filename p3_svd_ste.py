@@ -24,16 +24,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from common.data import load_mnist
-from common.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
-from common.goals import required, target
-from common.mnist_mlp import accuracy, classification_metrics, load_baseline, with_hidden
-from common.rank_figures import plot_singular_values_before_after, plot_tracking_error
-from common.svd import compress, cost, svd
-from common.train import evaluate, full_precision, init_distributed, is_main, resolve_precision
-from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, bounded_int, dropout_rate,
-                          machine, mean_std, nonnegative_float, nonnegative_int, pick_device, positive_float,
-                          positive_int, resolve_dirs, run_cli, save_config, save_json)
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
+                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+from common.files import resolve_dirs, save_config, save_json
+from common.goals import mean_std, required, target
+from common.mnist.data import load_mnist
+from common.mnist.figures import plot_singular_values_before_after, plot_tracking_error
+from common.mnist.finetune import finetune_classifier, finetune_scores, plot_finetune_curve, summarize
+from common.mnist.fused import fast
+from common.mnist.mlp import accuracy, classification_metrics, load_baseline, with_hidden
+from common.precision import add_precision_flag, full_precision, machine, resolve_precision
+from common.train import evaluate, init_distributed, is_main
+from p1_svd import compress, cost, svd
 
 # P3's training settings, declared once: the flags below default to them, and benchmarks/p3_svd_step.py times a
 # training step with them without parsing a command line.
@@ -201,7 +203,7 @@ def ste_network(baseline, rank, oversample=10, refresh_every=200, dropout=0.0, f
 def rank_network(model, rank):
     """(the rank-`rank` network from the exact SVD of each current W (P1's construction), the SVDs)."""
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
-    return compress(model, factors, rank), factors
+    return fast(compress(model, factors, rank)), factors  # run through the fast inference path (the same function)
 
 
 @torch.no_grad()

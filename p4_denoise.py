@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.ablation import read_ablation, run_ablation
-from common.audio import BINS, RATE, istft, read_audio, snr_db, stft
-from common.denoise_figures import make_figures
-from common.denoiser import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
-from common.listening import write_examples
-from common.speech_data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, distinct_speech,
+from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_args, bounded_float, dropout_rate,
+                        nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, run_cli,
+                        seed_int)
+from common.files import resolve_dirs, save_config, save_json, shown_path
+from common.precision import add_precision_flag, machine, resolve_precision, torch_threads
+from common.speech.audio import read_audio
+from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, distinct_speech,
                                 ensure_data, pad_batch, source_path, speed_list, split_paths)
-from common.speech_scores import model_records, score_systems, summarize_scores
-from common.train import init_distributed, is_main, resolve_precision, save_checkpoint, train_or_reuse
-from common.utils import (ArgumentParser, TrainingFlags, UserError, add_common_args, add_precision_flag, bounded_float,
-                          dropout_rate, machine, nonnegative_float, nonnegative_int, pick_device, positive_float,
-                          positive_int, resolve_dirs, run_cli, save_config, save_json, seed_everything, seed_int,
-                          shown_path, torch_threads)
+from common.speech.denoise import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
+from common.speech.figures import make_figures
+from common.speech.listening import write_examples
+from common.speech.scores import model_records, score_systems, summarize_scores
+from common.speech.stft import BINS, RATE, istft, snr_db, stft
+from common.train import init_distributed, is_main, save_checkpoint, seed_everything, train_or_reuse
 
 EPS = 1e-5  # floor under |X| before the log (|X| of a full-scale sine is about 256)
 DRY_RUN = {"epochs": 1, "fc_epochs": 1, "hidden": 32, "proj": 32, "fc_hidden": 64, "repeats": 2}  # at most these

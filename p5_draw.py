@@ -36,18 +36,19 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from common.ablation import ablation_configs, read_ablation, write_ablation
-from common.drawing_scores import (ambiguous_record, completion_metrics, drawer_metrics, mean_bottoms, nearest_bottoms,
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, nonnegative_float, nonnegative_int, pick_device,
+                        positive_float, positive_int, run_cli, seed_int)
+from common.drawing.figures import FIGURES, drawing_figures
+from common.drawing.processes import run_jobs
+from common.drawing.scores import (ambiguous_record, completion_metrics, drawer_metrics, mean_bottoms, nearest_bottoms,
                                    nearest_tops, per_patch_mse, pick_ambiguous, pick_examples, score_all, summary)
-from common.data import load_mnist
-from common.drawing_figures import FIGURES, drawing_figures
+from common.files import resolve_dirs, save_config, save_json
 from common.goals import target
-from common.mnist_mlp import load_baseline
-from common.processes import run_jobs
-from common.train import (evaluate, full_precision, init_distributed, is_main, load_checkpoint, load_finished,
-                          resolve_precision, trained_seconds, train_or_reuse, world)
-from common.utils import (ArgumentParser, TrainingFlags, add_common_args, add_precision_flag, machine, n_params,
-                          nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, resolve_dirs,
-                          run_cli, save_config, save_json, seed_everything, seed_int)
+from common.mnist.data import load_mnist
+from common.mnist.mlp import load_baseline
+from common.precision import add_precision_flag, full_precision, machine, resolve_precision
+from common.train import (evaluate, init_distributed, is_main, load_checkpoint, load_finished, n_params,
+                          seed_everything, train_or_reuse, trained_seconds, world)
 
 PATCH = 7                # patches are PATCH x PATCH pixels
 PIXELS = PATCH * PATCH   # 49 values per patch

@@ -39,14 +39,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import p3_svd_ste as p3  # noqa: E402
-from common.data import load_mnist  # noqa: E402
-from common.mnist_mlp import MLP, classification_loss, load_baseline  # noqa: E402
-from common.svd import svd  # noqa: E402
+from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
+from common.cli import ArgumentParser, nonnegative_int, pick_device, positive_int, run_cli  # noqa: E402
+from common.files import resolve_dirs, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
-from common.timing import interleaved, ratio, summary  # noqa: E402
-from common.train import adamw, best_weights, load_checkpoint  # noqa: E402
-from common.utils import (ArgumentParser, machine, nonnegative_int, pick_device, positive_int,  # noqa: E402
-                          resolve_dirs, run_cli, save_json, seed_everything)
+from common.mnist.data import load_mnist  # noqa: E402
+from common.mnist.mlp import MLP, classification_loss, load_baseline  # noqa: E402
+from common.precision import machine  # noqa: E402
+from common.train import adamw, best_weights, load_checkpoint, seed_everything  # noqa: E402
+from p1_svd import svd  # noqa: E402
 
 METHODS = ["plain", "exact", "lowrank", "tracker", "no_oversampling"]
 

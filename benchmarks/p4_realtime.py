@@ -24,13 +24,15 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from common.audio import ISTFT, RATE, STFT, stft  # noqa: E402
-from common.denoiser import DEFAULT_MODEL, denoise, denoise_file  # noqa: E402
+from common.speech.denoise import DEFAULT_MODEL, denoise, denoise_file  # noqa: E402
+from common.speech.stft import ISTFT, RATE, STFT, stft  # noqa: E402
 from p4_denoise import GRUMasker, load_denoiser  # noqa: E402
 from common.goals import target  # noqa: E402
-from common.timing import interleaved, summary  # noqa: E402
-from common.utils import (ROOT, ArgumentParser, machine, n_params, positive_float, positive_int, run_cli,  # noqa: E402
-                          save_json, shown_path)
+from benchmarks.timing import interleaved, summary  # noqa: E402
+from common.cli import ArgumentParser, positive_float, positive_int, run_cli  # noqa: E402
+from common.files import ROOT, save_json, shown_path  # noqa: E402
+from common.precision import machine  # noqa: E402
+from common.train import n_params  # noqa: E402
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])

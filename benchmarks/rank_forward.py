@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
+from common.cli import ArgumentParser, UserError, nonnegative_int, pick_device, positive_int, run_cli  # noqa: E402
+from common.files import ROOT, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
-from common.mnist_mlp import load_baseline  # noqa: E402
-from common.svd import compress, cost, svd  # noqa: E402
-from common.timing import interleaved, ratio, summary  # noqa: E402
-from common.utils import (ROOT, ArgumentParser, UserError, machine, nonnegative_int, pick_device,  # noqa: E402
-                          positive_int, run_cli, save_json, torch_threads)
+from common.mnist.fused import fast  # noqa: E402
+from common.mnist.mlp import load_baseline  # noqa: E402
+from common.precision import machine, torch_threads  # noqa: E402
+from p1_svd import compress, cost, svd  # noqa: E402
 
 RANKS = ["10", "20", "50", "100", "200", "full"]  # P1's
 
@@ -80,7 +82,7 @@ def main(argv=None):
     baseline = baseline.to(device)
     factors = [svd(layer.weight.detach()) for layer in baseline.hidden]  # once, sliced for every rank
     ranks = [r for r in RANKS if r == "full" or int(r) <= min(layer.weight.shape[0] for layer in baseline.hidden)]
-    networks = {"dense": baseline, **{f"rank {r}": compress(baseline, factors, None if r == "full" else int(r))
+    networks = {"dense": baseline, **{f"rank {r}": fast(compress(baseline, factors, None if r == "full" else int(r)))
                                       for r in ranks}}
     macs = {"dense": cost(baseline, 0)[1], **{f"rank {r}": cost(baseline, None if r == "full" else int(r))[1]
                                               for r in ranks}}

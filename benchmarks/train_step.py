@@ -37,17 +37,18 @@ import p2_factorized as p2  # noqa: E402
 import p3_svd_ste as p3  # noqa: E402
 import p4_denoise as p4  # noqa: E402
 import p5_draw as p5  # noqa: E402
-from common.data import load_mnist  # noqa: E402
-from common.finetune import finetune_loss  # noqa: E402
-from common.audio import BINS  # noqa: E402
-from common.speech_data import NoisePool, SpeechWindows, pad_batch  # noqa: E402
-from common.mnist_mlp import MLP, load_baseline  # noqa: E402
-from common.svd import svd  # noqa: E402
-from common.timing import interleaved, ratio, summary  # noqa: E402
+from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
+from common.cli import ArgumentParser, UserError, pick_device, positive_int, run_cli  # noqa: E402
+from common.files import ROOT, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
-from common.train import adamw, autocast, bf16_in_hardware, fit, load_checkpoint, resolve_precision  # noqa: E402
-from common.utils import (ROOT, ArgumentParser, UserError, machine, pick_device, positive_int, run_cli,  # noqa: E402
-                          save_json, seed_everything, torch_threads)
+from common.mnist.data import load_mnist  # noqa: E402
+from common.mnist.finetune import finetune_loss  # noqa: E402
+from common.mnist.mlp import MLP, load_baseline  # noqa: E402
+from common.precision import autocast, bf16_in_hardware, machine, resolve_precision, torch_threads  # noqa: E402
+from common.speech.data import NoisePool, SpeechWindows, pad_batch  # noqa: E402
+from common.speech.stft import BINS  # noqa: E402
+from common.train import adamw, fit, load_checkpoint, seed_everything  # noqa: E402
+from p1_svd import svd  # noqa: E402
 
 
 def get_args(argv=None):

@@ -8,9 +8,10 @@ next main run reports when it was made for the same settings. Two kinds:
 import argparse
 import time
 
-from .results import read_result
+from .cli import UserError
+from .files import read_result, save_json, shown_path
+from .goals import mean_std
 from .train import best_record, describe_diff, trained_seconds
-from .utils import UserError, mean_std, save_json, shown_path
 
 
 def run_ablation(variants, args, train, score, path, metric, monitor, **record):

@@ -1,11 +1,33 @@
-"""Every bar a result is judged against, in one place: the homework's requirements and the project's own targets.
+"""How results are summarised and judged: mean and spread over seeds or files (`mean_std`), and every bar a
+result is judged against, in one place: the homework's requirements and the project's own targets.
 
 Each entry is (kind, bound, why): kind is how the measured value must stand to the bound ("above", "at_least",
 "below", "at_most"), bound a number, or None where the bound is another measured number of the same run (the
 script passes it), and why one line on where the bar comes from. Scripts judge their results with `required` and
 `target`, which write the verdict into metrics.json; make_report.py prints these tables and recomputes nothing.
 """
-from .utils import goal
+import torch
+
+
+def mean_std(values, keep_values=True):
+    """{'mean', 'std', 'sem', 'median', 'n'} of a list of numbers, and the 'values' themselves unless keep_values is
+    False (hundreds of per-file numbers); std is the sample std (0 for a single value), sem = std / sqrt(n)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    std = t.std().item() if len(values) > 1 else 0.0
+    stats = {"mean": t.mean().item(), "std": std, "sem": std / len(values) ** 0.5, "median": t.quantile(0.5).item(),
+             "n": len(values)}
+    return {**stats, "values": list(values)} if keep_values else stats
+
+
+def goal(measured, *, at_least=None, above=None, at_most=None, below=None, **about):
+    """A bar or goal as metrics.json records it: the value judged, its bound and the verdict, plus `about` (what
+    was measured, where). make_report.py shows these and recomputes nothing, so each verdict is defined once, here."""
+    (kind, bound), = [(k, v) for k, v in (("at_least", at_least), ("above", above), ("at_most", at_most),
+                                          ("below", below)) if v is not None]
+    met = {"at_least": measured >= bound, "above": measured > bound, "at_most": measured <= bound,
+           "below": measured < bound}[kind]
+    return {"measured": float(measured), kind: float(bound), "met": bool(met), **about}
+
 
 # The homework's own requirements: what a hand-in must show.
 REQUIRED = {

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .utils import atomic_path  # noqa: E402
+from .files import atomic_path  # noqa: E402
 
 
 def save_figure(fig, path, dpi=120):

@@ -22,54 +22,25 @@ import copy
 import hashlib
 import math
 import os
+import random
 import signal
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from .utils import UserError, atomic_path
+from .cli import UserError
+from .files import atomic_path
+from .precision import autocast
 
 
-# ----------------------------------------------------------------------------- precision
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def bf16_in_hardware(device):
-    """Whether `device` multiplies bf16 matrices in hardware: AMX or AVX512-BF16 on a CPU, or a bf16 GPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return False
-
-
-def resolve_precision(name, device):
-    """'fp32' or 'bf16' for --precision `name`: 'auto' is bf16 where `device` has bf16 matrix instructions, else
-    fp32 (so a machine without them trains exactly as in fp32); 'fp32' and 'bf16' are taken as they are."""
-    if name not in PRECISIONS:
-        raise UserError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
-    if name == "auto":
-        return "bf16" if bf16_in_hardware(device) else "fp32"
-    return name
-
-
-def autocast(precision, device):
-    """The forward pass's context: bf16 autocast for precision 'bf16', nothing for 'fp32'."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def full_precision(device):
-    """A block computed in fp32 even inside a bf16 forward pass (an SVD, a subspace iteration)."""
-    return torch.autocast(torch.device(device).type, enabled=False)
-
+# ----------------------------------------------------------------------------- optimizer and seeds
 
 def adamw(params, lr, weight_decay, device):
     """AdamW, fused into one kernel per step where this torch offers it on `device` (on a CPU, 5M parameters:
@@ -78,6 +49,20 @@ def adamw(params, lr, weight_decay, device):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and every GPU) so that a run is repeatable."""
+    if not 0 <= seed < 2**32:
+        raise UserError(f"seed {seed} is out of range: seeds go from 0 to {2**32 - 1} (NumPy's are 32-bit)")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def n_params(module, buffers=False):
+    """The numbers `module` trains (with buffers=True: every number it stores, its buffers too)."""
+    return sum(p.numel() for p in module.parameters()) + (sum(b.numel() for b in module.buffers()) if buffers else 0)
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -67,7 +67,7 @@ def assert_clean_error(proc, *words):
 
 def run_main(main, argv, capsys):
     """Call a script's main(argv) in-process the way its __main__ does: (exit code, stderr)."""
-    from common.utils import run_cli
+    from common.cli import run_cli
     capsys.readouterr()
     try:
         run_cli(lambda: main([str(a) for a in argv]))
@@ -79,6 +79,11 @@ def run_main(main, argv, capsys):
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def low_rank(U, S, Vh, rank):
+    """The oracle of a rank-`rank` truncation of W = U diag(S) Vh, as one dense matrix: U_D diag(S_D) Vh_D."""
+    return (U[:, :rank] * S[:rank]) @ Vh[:rank]
 
 
 DRY_RUN_FILES = set()  # the collected test files whose tests use the dry runs started together (`started`)

@@ -4,14 +4,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 import p1_svd
-from common import rank_figures
-from common.data import shifted
-from common.mnist_mlp import MLP, with_hidden
-from common import svd as svd_module
-from common.svd import LowRankLinear, rank_d_product, compress, cost, low_rank, svd, truncate
-from common.train import load_checkpoint
-from common.utils import n_params
-from conftest import read_json
+from common.mnist import figures, fused
+from common.mnist.data import shifted
+from common.mnist.fused import fast, rank_d_product
+from common.mnist.mlp import MLP, with_hidden
+from common.train import load_checkpoint, n_params
+from p1_svd import LowRankLinear, compress, cost, svd, truncate
+from conftest import low_rank, read_json
 
 
 def tiny_mlp(seed=0, width=12, depth=3):
@@ -83,32 +82,32 @@ def test_low_rank_layer_computes_factorized_product():
     torch.testing.assert_close(layer(x), x @ low_rank(U, S, Vh, 3).T + b)
 
 
-@pytest.mark.skipif(svd_module.LINEAR_POINTWISE is None, reason="this torch has no oneDNN linear_pointwise")
+@pytest.mark.skipif(fused.LINEAR_POINTWISE is None, reason="this torch has no oneDNN linear_pointwise")
 def test_the_fused_rank_d_forward_equals_the_plain_one():
     """At a large batch, without grad, a rank-D layer's ReLU(U (S * (Vh x)) + b) is two oneDNN products with the ReLU
     fused: the same fp32 numbers to rounding (1e-5 relative); below the batch threshold or with grad, the plain path."""
     torch.manual_seed(0)
     model = MLP(width=96, depth=3).eval()
-    net = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 20)
-    x = torch.rand(svd_module.FUSED_MIN_BATCH, 784)
+    net = fast(compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 20))
+    x = torch.rand(fused.FUSED_MIN_BATCH, 784)
     with torch.no_grad():
-        assert svd_module.fused_linear_pays(x) and not svd_module.fused_linear_pays(x[:-1])
-        fused = net(x)
+        assert fused.fused_linear_pays(x) and not fused.fused_linear_pays(x[:-1])
+        fused_logits = net(x)
         layer = net.hidden[0]
         factors = (layer.U, layer.S, layer.Vh, layer.bias)
         torch.testing.assert_close(rank_d_product(x, *factors, relu=True, fused=True), layer(x).relu_(), rtol=1e-5,
                                    atol=1e-6)
-    assert not svd_module.fused_linear_pays(x)  # grad enabled
+    assert not fused.fused_linear_pays(x)  # grad enabled
     plain = net(x)
-    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_logits, plain, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # and at full rank, fused, the dense network's logits
-        full = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], None)
+        full = fast(compress(model, [svd(layer.weight.detach()) for layer in model.hidden], None))
         torch.testing.assert_close(full(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_the_rank_d_network_gathers_its_factors_again_after_a_conversion():
     model = tiny_mlp()
-    net = compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 5).double()
+    net = fast(compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 5)).double()
     x = torch.rand(4, 784, dtype=torch.float64)
     before = net(x)  # gathers the float64 factors
     net.float()  # new buffers: a forward on the old ones would fail on dtypes
@@ -190,12 +189,12 @@ def test_dry_run_writes_metrics_and_figures(dry_p1):
 
 
 def test_accuracy_plot_has_every_rank_and_full(monkeypatch, tmp_path):
-    figures = []
-    monkeypatch.setattr(rank_figures, "save_figure", lambda fig, path: figures.append(fig))
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
     ranks = {d: {"test_acc": {"mean": 0.9, "std": 0.01}} for d in ("10", "20", "200", "full")}
-    rank_figures.plot_accuracy_vs_rank({"ranks": {"dense": {}, **ranks}, "width": 1024, "seeds": [0],
+    figures.plot_accuracy_vs_rank({"ranks": {"dense": {}, **ranks}, "width": 1024, "seeds": [0],
                                         "baseline_test_acc": {"mean": 0.98}}, tmp_path / "a.png")
-    ax = figures[0].axes[0]
+    ax = drawn[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "200", "full\n(1024)"]
     assert list(ax.get_xticks()) == [10, 20, 200, 1024]
 
@@ -207,3 +206,20 @@ def test_same_seed_same_numbers(dry_p1, tmp_path):
     a, b = read_json(out / "metrics.json"), read_json(tmp_path / "out" / "metrics.json")
     assert a["seeds"][0]["rank_test_acc"] == b["seeds"][0]["rank_test_acc"]
     assert a["seeds"][0]["history"][0]["val_loss"] == b["seeds"][0]["history"][0]["val_loss"]
+
+
+def test_the_rank_d_network_computes_what_its_layers_compute_one_by_one():
+    torch.manual_seed(0)
+    model = MLP(width=24, depth=3).eval()
+    factors = [svd(layer.weight.detach()) for layer in model.hidden]
+    net = compress(model, factors, 5)
+    x = torch.rand(7, 784)
+    h = (x - 0.1307) / 0.3081
+    for layer in net.hidden:
+        assert isinstance(layer, LowRankLinear)
+        h = torch.relu(h @ (layer.U * layer.S @ layer.Vh).T + layer.bias)
+    expected = h @ model.head.weight.T + model.head.bias
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    for inference in (net, fast(net)):  # in-place operations under inference_mode, and the fast path: the same
+        with torch.inference_mode():
+            torch.testing.assert_close(inference(x), expected, rtol=1e-5, atol=1e-5)

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import p2_factorized as p2
-from common.mnist_mlp import MLP, classification_loss
-from common.svd import compress, cost, low_rank, svd
-from common.train import load_checkpoint
-from common.utils import UserError, n_params
-from conftest import copy_checkpoints, read_json, run_main
+from common.cli import UserError
+from common.mnist.mlp import MLP, classification_loss
+from common.train import load_checkpoint, n_params
+from p1_svd import compress, cost, svd
+from conftest import copy_checkpoints, low_rank, read_json, run_main
 
 
 def tiny_mlp(seed=0, width=24, depth=3):

@@ -5,12 +5,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import p3_svd_ste as p3
+from common.cli import UserError
 from common.goals import TARGETS
-from common.mnist_mlp import MLP, classification_loss
-from common.svd import compress, cost, low_rank, svd
-from common.train import autocast, load_checkpoint, train_or_reuse
-from common.utils import UserError, n_params
-from conftest import read_json, run_main
+from common.mnist.mlp import MLP, classification_loss
+from common.precision import autocast
+from common.train import load_checkpoint, n_params, train_or_reuse
+from p1_svd import compress, cost, svd
+from conftest import low_rank, read_json, run_main
 
 TRACKER_BOUND = TARGETS["p3.tracking_error_ratio_max"][1]  # 1.01: within 1% of the optimal rank-r error
 

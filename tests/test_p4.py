@@ -10,10 +10,12 @@ import soundfile as sf
 import torch
 
 import p4_denoise as p4
-from common import audio, denoiser, listening, speech_data
-from common.audio import BINS, HOP, RATE
-from common.train import resolve_precision, save_checkpoint
-from common.utils import UserError, torch_threads
+from common.speech import audio, denoise as denoiser, listening, stft as dsp
+from common.speech import data as speech_data
+from common.cli import UserError
+from common.precision import resolve_precision, torch_threads
+from common.speech.stft import BINS, HOP, RATE
+from common.train import save_checkpoint
 from conftest import read_json, run_main, run_script
 
 
@@ -65,41 +67,41 @@ def make_data(root, counts=None, seconds=1.0, seed=0):
 @pytest.mark.parametrize("length", [1, 511, 512, 1500, 4097])  # short signals: the same code at every length
 def test_stft_is_librosas_on_whole_hops_and_inverts(length):
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
-    X = audio.stft(x)
+    X = dsp.stft(x)
     assert X.shape == (1 + -(-length // HOP), BINS) and X.dtype == np.complex64
     padded = np.pad(x, (0, -length % HOP))  # ours pads to whole hops first (see common/audio.py)
     np.testing.assert_allclose(X, librosa.stft(padded, n_fft=1024, hop_length=512, window="hann").T, atol=2e-4)
-    np.testing.assert_allclose(audio.istft(X, length), x, atol=1e-5)
+    np.testing.assert_allclose(dsp.istft(X, length), x, atol=1e-5)
 
 
 def test_window_is_librosas():
-    np.testing.assert_allclose(audio.hann(), librosa.filters.get_window("hann", 1024, fftbins=True), atol=1e-7)
+    np.testing.assert_allclose(dsp.hann(), librosa.filters.get_window("hann", 1024, fftbins=True), atol=1e-7)
 
 
 @pytest.mark.parametrize("length", [1, 700, 16000, 40001])
 def test_stft_and_istft_stream_block_by_block(length):
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
-    stream = audio.STFT()
+    stream = dsp.STFT()
     X = np.concatenate([stream.push(x[i:i + 700]) for i in range(0, length, 700)] + [stream.finish()])
-    np.testing.assert_array_equal(X, audio.stft(x))
-    inverse = audio.ISTFT()
+    np.testing.assert_array_equal(X, dsp.stft(x))
+    inverse = dsp.ISTFT()
     y = np.concatenate([inverse.push(X[i:i + 3]) for i in range(0, len(X), 3)] + [inverse.finish()])
-    np.testing.assert_allclose(y[:length], audio.istft(X, length), atol=1e-6)
+    np.testing.assert_allclose(y[:length], dsp.istft(X, length), atol=1e-6)
 
 
 def test_ideal_binary_mask_shape_and_values():
     s, n = sine(1000), sine(3000, amp=0.6)  # 1 kHz and 3 kHz sit exactly on bins 64 and 192 (15.625 Hz apart)
-    M = p4.ideal_binary_mask(audio.stft(s), audio.stft(n))
+    M = p4.ideal_binary_mask(dsp.stft(s), dsp.stft(n))
     assert M.shape == (1 + -(-16000 // HOP), BINS) and M.dtype == np.float32
     assert set(np.unique(M)) <= {0.0, 1.0}
     assert (M[:, 64] == 1).all() and (M[:, 192] == 0).all()
-    zeros = audio.stft(np.zeros(4000, np.float32))
+    zeros = dsp.stft(np.zeros(4000, np.float32))
     assert (p4.ideal_binary_mask(zeros, zeros) == 0).all()  # ties go to the noise
 
 
 def test_an_all_ones_mask_returns_the_input():
     x = np.random.default_rng(1).standard_normal(12345).astype(np.float32)
-    X = audio.stft(x)
+    X = dsp.stft(x)
     np.testing.assert_allclose(p4.apply_mask(np.ones(X.shape, np.float32), X, len(x)), x, atol=1e-5)
     # the streaming path with a model whose mask is 1 everywhere (sigmoid(40) == 1 in float32)
     np.testing.assert_allclose(denoiser.denoise(tiny_gru(bias=40.0), x, block=3000), x, atol=1e-5)
@@ -111,20 +113,20 @@ def test_a_masked_file_ends_without_a_click():
     X_literal = librosa.stft(x, n_fft=1024, hop_length=512, window="hann").T  # the last 500 samples: one window
     literal = librosa.istft((mask[:len(X_literal)] * X_literal).T, n_fft=1024, hop_length=512, length=len(x))
     assert np.abs(literal[-500:]).max() > 10 * np.abs(x).max()
-    ours = p4.apply_mask(mask, audio.stft(x), len(x))  # padded to 6 whole hops: every sample under two
+    ours = p4.apply_mask(mask, dsp.stft(x), len(x))  # padded to 6 whole hops: every sample under two
     assert len(ours) == len(x) and np.abs(ours).max() < 2 * np.abs(x).max()
 
 
 def test_snr_and_si_sdr_against_hand_computations():
     s = np.array([1.0, 2.0, 3.0, 4.0])
-    assert audio.snr_db(s, [1, 2, 3, 3]) == pytest.approx(10 * np.log10(30 / 1))  # 14.77 dB
-    assert audio.snr_db(s, 0.5 * s) == pytest.approx(10 * np.log10(30 / 7.5))  # 6.02 dB
-    assert audio.snr_db(s, 0 * s) == pytest.approx(0.0)  # silence as the estimate: 0 dB
+    assert dsp.snr_db(s, [1, 2, 3, 3]) == pytest.approx(10 * np.log10(30 / 1))  # 14.77 dB
+    assert dsp.snr_db(s, 0.5 * s) == pytest.approx(10 * np.log10(30 / 7.5))  # 6.02 dB
+    assert dsp.snr_db(s, 0 * s) == pytest.approx(0.0)  # silence as the estimate: 0 dB
     # SI-SDR: the best-scaled target for [1, 2, 3, 3] is (26/30) s (26 = its dot product with s); the rest is error
     target = 26 / 30 * s
     expected = 10 * np.log10((target ** 2).sum() / ((np.array([1, 2, 3, 3]) - target) ** 2).sum())
-    assert audio.si_sdr_db(s, [1, 2, 3, 3]) == pytest.approx(expected)
-    assert audio.si_sdr_db(s, 0.5 * s + [0, 0, 0, 0.1]) == pytest.approx(audio.si_sdr_db(s, 2 * s + [0, 0, 0, 0.4]))
+    assert dsp.si_sdr_db(s, [1, 2, 3, 3]) == pytest.approx(expected)
+    assert dsp.si_sdr_db(s, 0.5 * s + [0, 0, 0, 0.1]) == pytest.approx(dsp.si_sdr_db(s, 2 * s + [0, 0, 0, 0.4]))
 
 
 # ----------------------------------------------------------------------------- training data and loss
@@ -137,7 +139,7 @@ def complex_randn(*shape, seed=0):
 def test_mixture_is_the_stft_of_the_mixture_at_a_drawn_snr():
     rng = np.random.default_rng(0)
     s, n = [rng.standard_normal((3, 8000)).astype(np.float32) * a for a in (0.1, 0.2)]
-    S, N = (torch.from_numpy(np.stack([audio.stft(row) for row in sig])) for sig in (s, n))  # (3, 17, 513)
+    S, N = (torch.from_numpy(np.stack([dsp.stft(row) for row in sig])) for sig in (s, n))  # (3, 17, 513)
     lengths = torch.tensor([17, 17, 12])
     S[2, 12:] = 0  # as pad_batch leaves a shorter window (the noise is drawn full length and cut by `mixture`)
     torch.manual_seed(0)
@@ -288,8 +290,8 @@ def test_streaming_equals_whole_file_and_the_batched_path():
     for block in (1, 700, 8000):
         np.testing.assert_allclose(denoiser.denoise(model, x, block=block), whole, rtol=1e-5, atol=1e-6)
     # the batched path that training's validation and the scores use: the same numbers
-    X = audio.stft(x)
-    others = [audio.stft(np.random.default_rng(k).standard_normal(n).astype(np.float32))
+    X = dsp.stft(x)
+    others = [dsp.stft(np.random.default_rng(k).standard_normal(n).astype(np.float32))
               for k, n in ((7, 900), (8, 60000))]
     masks = denoiser.predict_masks(model, [np.abs(X)] + [np.abs(Y) for Y in others])
     np.testing.assert_allclose(p4.apply_mask(masks[0], X, len(x)), whole, atol=1e-5)
@@ -494,7 +496,7 @@ def test_training_is_deterministic_and_a_finished_run_is_reused(tmp_path, capsys
     runs = []
     for name in ("a", "b", "a"):  # the second "a" finds a's finished checkpoint with the same config
         args, flags = tiny_args(tmp_path / name, "--repeats", "4")
-        noise = speech_data.NoisePool([audio.stft(f["n"]) for f in tr])
+        noise = speech_data.NoisePool([dsp.stft(f["n"]) for f in tr])
         model, config, history = p4.train_masker("gru", args, flags["gru"], sentences, noise, stats, v, "test-data",
                                                  torch.device("cpu"))
         runs.append(([{k: x for k, x in h.items() if k != "train_seconds"} for h in history], model.state_dict()))
@@ -508,7 +510,7 @@ def test_training_is_deterministic_and_a_finished_run_is_reused(tmp_path, capsys
 def test_bf16_training_runs_and_its_loss_is_finite(tmp_path):
     data_dir = make_data(tmp_path / "hw3", {"tr": 2, "v": 1, "te": 1})
     tr, v = (p4.load_split(data_dir, split) for split in ("tr", "v"))
-    noise = speech_data.NoisePool([audio.stft(f["n"]) for f in tr])
+    noise = speech_data.NoisePool([dsp.stft(f["n"]) for f in tr])
     sentences, stats = speech_data.distinct_speech(tr)[:1], p4.log_spectrum_stats(tr)
     for kind in ("gru", "fc"):
         args, flags = tiny_args(tmp_path / kind, "--precision", "bf16", "--epochs", "1", "--fc-epochs", "1", "--crop",

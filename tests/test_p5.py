@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import p5_draw
-from common import drawing_scores as scores
+from common.drawing import scores
 from common.ablation import ablation_configs, read_ablation
-from common.data import load_mnist
-from common.drawing_figures import framed_grid
-from common.processes import run_jobs
+from common.cli import UserError
+from common.drawing.figures import framed_grid
+from common.drawing.processes import run_jobs
+from common.mnist.data import load_mnist
 from common.train import load_checkpoint
-from common.utils import UserError
 from p5_draw import (MixtureLSTM, PatchLSTM, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,
                      with_position)
 from conftest import copy_checkpoints, read_json, run_main

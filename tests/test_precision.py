@@ -3,14 +3,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from common import train
-from common.train import adamw, autocast, fit, loader, resolve_precision, train_or_reuse
-from common.utils import UserError, machine
+from common import precision
+from common.cli import UserError
+from common.precision import autocast, machine, resolve_precision
+from common.train import adamw, fit, load_checkpoint, loader, train_or_reuse
 
 
 @pytest.mark.parametrize("hardware, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_is_bf16_only_where_the_device_has_bf16_matrix_instructions(monkeypatch, hardware, expected):
-    monkeypatch.setattr(train, "bf16_in_hardware", lambda device: hardware)
+    monkeypatch.setattr(precision, "bf16_in_hardware", lambda device: hardware)
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(UserError, match="unknown precision"):
@@ -72,9 +73,9 @@ def test_a_checkpoint_is_reused_only_by_its_own_precision(tmp_path):
     first = run("bf16")
     assert run("bf16") == first  # reused: the same history, nothing trained
     with pytest.raises(UserError, match="precision"):  # the finished bf16 run is not an fp32 run
-        train.load_checkpoint(path, config={"precision": "fp32"})
+        load_checkpoint(path, config={"precision": "fp32"})
     assert run("fp32") != first  # trained anew in fp32, replacing the bf16 checkpoint
-    assert train.load_checkpoint(path)["config"] == {"precision": "fp32"}
+    assert load_checkpoint(path)["config"] == {"precision": "fp32"}
 
 
 def test_fused_adamw_takes_the_step_of_the_plain_one():

@@ -4,10 +4,10 @@ import shutil
 import pytest
 import torch
 
-from common.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
-from common.mnist_mlp import baseline_path
+from common.cli import UserError
+from common.mnist.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
+from common.mnist.mlp import baseline_path
 from common.train import load_checkpoint
-from common.utils import UserError
 import p1_svd
 from conftest import read_json, run_main, run_script
 

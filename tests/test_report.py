@@ -16,11 +16,12 @@ import nbformat
 import pytest
 
 import make_report
-from common import speech_data
+from common.speech import data as speech_data
+from common.cli import UserError
+from common.files import ROOT
 from common.goals import REQUIRED
-from common.denoiser import ZIP_STAMP as STAMP
-from common.report_source import code, imports
-from common.utils import ROOT, UserError
+from common.report.source import code, imports
+from common.speech.denoise import ZIP_STAMP as STAMP
 from conftest import assert_clean_error, run_main, run_script
 from test_report_html import check_offline, code_cells, unmet_requirements
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.utils import ROOT
+from common.files import ROOT
 
 CHROMIUM = Path(os.environ.get("HW3_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -25,10 +25,11 @@ import soundfile as sf
 import torch
 
 import p4_denoise as p4
-from common import speech_data
-from common.audio import decoder_warnings_silenced
+from common.speech import data as speech_data
+from common.cli import run_cli
+from common.files import ROOT
+from common.speech.audio import decoder_warnings_silenced
 from common.train import save_checkpoint
-from common.utils import ROOT, run_cli
 
 CONFIG = {"kind": "gru", "hidden": 8, "proj": 8, "dropout": 0.0, "alpha": 0.98, "running_mean": True}
 
@@ -78,7 +79,7 @@ DRIVER = r"""
 import contextlib, io, json, os, resource, sys
 sys.path.insert(0, os.getcwd())
 import p4_denoise as p4
-from common.utils import run_cli
+from common.cli import run_cli
 cases, results = json.loads(sys.argv[1]), []
 for case in cases:
     saved, err = os.dup(1), io.StringIO()

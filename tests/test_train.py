@@ -8,10 +8,10 @@ import p1_svd as p1
 import p2_factorized as p2
 import p5_draw as p5
 import tiny_fit
-from common.mnist_mlp import MLP, classification_loss
-from common.svd import svd
+from common.cli import UserError
+from common.mnist.mlp import MLP, classification_loss
 from common.train import load_checkpoint, save_checkpoint, train_or_reuse
-from common.utils import UserError
+from p1_svd import svd
 from conftest import run_main, run_script
 
 

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.train import evaluate, fit  # noqa: E402
-from common.utils import run_cli, seed_everything  # noqa: E402
+from common.cli import run_cli  # noqa: E402
+from common.train import evaluate, fit, seed_everything  # noqa: E402
 
 
 def main(argv=None):

@@ -7,10 +7,9 @@ import os
 
 import numpy as np
 
-from .audio import RATE, si_sdr_db, snr_db
-from .goals import required, target
-from .train import best_record, trained_seconds
-from .utils import mean_std, n_params
+from ..goals import mean_std, required, target
+from ..train import best_record, n_params, trained_seconds
+from .stft import RATE, si_sdr_db, snr_db
 
 
 def perceptual_scores(pair):

@@ -3,7 +3,7 @@ and P3's subspace tracker and singular values before and after training through 
 
 Each takes the metrics.json its script wrote (or a part of it) and the path of the .png.
 """
-from .plot import plt, save_figure
+from ..plot import plt, save_figure
 
 
 def plot_accuracy_vs_rank(metrics, path):

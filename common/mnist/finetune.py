@@ -6,11 +6,11 @@ from epoch 0, P1's network before any fine-tuning.
 """
 from torch.utils.data import TensorDataset
 
+from ..goals import mean_std
+from ..plot import plt, save_figure
+from ..train import best_record, evaluate, seed_everything, train_or_reuse, trained_seconds
 from .data import shifted
-from .mnist_mlp import accuracy, classification_loss, classification_metrics
-from .plot import plt, save_figure
-from .train import best_record, evaluate, train_or_reuse, trained_seconds
-from .utils import mean_std, seed_everything
+from .mlp import accuracy, classification_loss, classification_metrics
 
 
 def finetune_loss(shift):

@@ -14,9 +14,9 @@ import os
 import re
 from pathlib import Path
 
-from .report_blocks import Code, Figure, Figures, Listening, Text
-from .report_source import imports
-from .utils import ROOT
+from ..files import ROOT
+from .blocks import Code, Figure, Figures, Listening, Text
+from .source import imports
 
 NOTEBOOK_IMPORTS = [("pathlib", "Path", None), ("IPython.display", "Audio", None), ("IPython.display", "Image", None)]
 

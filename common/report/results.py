@@ -3,8 +3,9 @@ knows its file and the script that writes it, so a missing key, a wrong type or 
 error naming the file and the command that rebuilds it."""
 import json
 
-from .report_blocks import Figure
-from .utils import UserError, shown_path
+from ..cli import UserError
+from ..files import shown_path
+from .blocks import Figure
 
 
 class Metrics(dict):

@@ -5,8 +5,9 @@ import ast
 import builtins
 import textwrap
 
-from .report_blocks import Code
-from .utils import ROOT, UserError
+from ..cli import UserError
+from ..files import ROOT
+from .blocks import Code
 
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 

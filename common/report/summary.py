@@ -1,8 +1,8 @@
 """The report's summary: the homework's requirements and, in a table apart, the project's own targets, each as the
 result files judged it (`required` and `goals` entries: the value measured, its bound, the verdict; common.goals).
 GOALS words every bar for a reader."""
-from .goals import REQUIRED, TARGETS
-from .report_blocks import Text, bound, db, in_minutes, minutes, pct, percent, plain, signed, table, times
+from ..goals import REQUIRED, TARGETS
+from .blocks import Text, bound, db, in_minutes, minutes, pct, percent, plain, signed, table, times
 
 # the summary's wording of every bar (keys of common.goals): what, how the measured value and the bound are written,
 # and what a bound measured in the same run is

@@ -19,11 +19,13 @@ import soxr
 import torch
 from torch import nn
 
-from .audio import FORMATS, ISTFT, RATE, STFT, AudioReader, AudioWriter, decoder_warnings_silenced, file_kind
-from .speech_data import DEFAULT_DATA, ensure_data
-from .train import best_weights, load_checkpoint
-from .utils import (ROOT, ArgumentParser, Stopped, UserError, atomic_path, bounded_float, bounded_int, shown_path,
-                    torch_threads)
+from ..cli import ArgumentParser, Stopped, UserError, bounded_float, bounded_int
+from ..files import ROOT, atomic_path, shown_path
+from ..precision import torch_threads
+from ..train import best_weights, load_checkpoint
+from .audio import AudioReader, AudioWriter, FORMATS, decoder_warnings_silenced, file_kind
+from .data import DEFAULT_DATA, ensure_data
+from .stft import ISTFT, RATE, STFT
 
 ZIP_STAMP = (2020, 1, 1, 0, 0, 0)  # every zip member's timestamp: the zip depends on the audio only
 DEFAULT_MODEL = ROOT / "results" / "p4" / "denoiser.pt"

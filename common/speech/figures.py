@@ -2,13 +2,13 @@
 noise) and one file's spectrograms with its ideal and predicted masks. Each is written beside metrics.json."""
 import numpy as np
 
-from .audio import RATE, stft
+from .stft import RATE, stft
 
 
 def make_figures(metrics, v, masks, outputs, out):
     """The figures from metrics.json's numbers, `v` (dicts with x, X, s, mask), the masks and outputs of each system;
     returns {name: file name} (relative to metrics.json, as make_report.py reads it)."""
-    from .plot import plt, save_figure  # matplotlib only where figures are drawn
+    from ..plot import plt, save_figure
 
     history, systems = metrics["history"], metrics["v"]["systems"]
     labels = {"gru": "GRU", "fc": "FC baseline", "noisy": "noisy input", "oracle_ibm": "oracle IBM"}

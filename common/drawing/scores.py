@@ -9,9 +9,9 @@ image whose top half is nearest (L2), and the mean bottom half. `score` compares
 import torch
 import torch.nn.functional as F
 
-from .goals import target
-from .train import best_record
-from .utils import UserError, n_params
+from ..cli import UserError
+from ..goals import target
+from ..train import best_record, n_params
 
 
 # ----------------------------------------------------------------------------- the references

@@ -17,8 +17,10 @@ import soxr
 import torch
 from torch import nn
 
-from .audio import RATE, file_kind
-from .utils import ROOT, UserError
+from ..cli import UserError
+from ..files import ROOT
+from .audio import file_kind
+from .stft import RATE
 
 SPLITS = ("tr", "v", "te")
 DEFAULT_DATA = ROOT / "data" / "hw3"

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .train import best_weights, evaluate, load_checkpoint
-from .utils import UserError
+from ..cli import UserError
+from ..train import best_weights, evaluate, load_checkpoint
 
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081  # MNIST training-set statistics
 

@@ -6,8 +6,8 @@ Sized for a page about 900 pixels wide: every title is at least 9 pixels high th
 """
 import torch
 
-from .plot import image_grid, plt, save_figure, save_image
-from .train import best_record
+from ..plot import image_grid, plt, save_figure, save_image
+from ..train import best_record
 
 # the figures drawing_figures writes, as NAME.png
 FIGURES = ["side_by_side", "completions", "samples", "ambiguous", "originals", "learning_curve", "mse_per_patch"]

@@ -9,7 +9,7 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 
-from .utils import torch_threads
+from ..precision import torch_threads
 
 
 def run_jobs(function, jobs, workers=1, threads=0):

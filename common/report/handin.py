@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .utils import ROOT, UserError, shown_path
+from ..cli import UserError
+from ..files import ROOT, shown_path
 
 
 def te_files(te_folder):

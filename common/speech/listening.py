@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 
-from .audio import RATE, read_audio, sound_header, write_audio
-from .denoiser import denoise
+from .audio import read_audio, sound_header, write_audio
+from .denoise import denoise
+from .stft import RATE
 
 LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM",
           "clean": "clean speech"}

@@ -4,9 +4,9 @@ and machine), and P4's listening examples. Each function takes result files (com
 returns blocks (common.report_blocks); make_report.build puts them in order."""
 import statistics
 
-from .report_blocks import Audio, Figures, Listening, Text, minutes, pct, table
-from .report_results import existing, figure
-from .train import trained_seconds
+from ..train import trained_seconds
+from .blocks import Audio, Figures, Listening, Text, minutes, pct, table
+from .results import existing, figure
 
 SYSTEMS = {"noisy": "noisy input", "fc": "FC", "gru": "GRU", "oracle_ibm": "oracle IBM", "clean": "clean"}
 
