@@ -272,7 +272,7 @@ def section_p4(m):
 def section_p5(m):
     tf, d = m["teacher_forced_mse"], m["drawing"]["test"]
     c = m["config"]
-    names = [("lstm", "MSE drawer (the homework's LSTM)"), ("nearest_neighbour", "nearest training image's bottom"),
+    names = [("mse", "MSE drawer (the homework's LSTM)"), ("nearest_neighbour", "nearest training image's bottom"),
              ("mean_bottom", "mean bottom half"), ("original", "original (no drawing)")]
     rows = [[label, f"{d[n]['bottom_mse']:.4f}", pct(d[n]["class_kept"], 1), f"{d[n]['sharpness']:.3f}"]
             for n, label in names]
@@ -306,11 +306,11 @@ def section_p5(m):
         Figures(grids),
         Text(
         "As the homework expects of a model trained on the squared error, the drawings are the average of the "
-        "plausible strokes: " + ("blurrier than" if d["lstm"]["sharpness"] < d["original"]["sharpness"] else
-                                 "as sharp as") + f" the originals (sharpness {d['lstm']['sharpness']:.3f} against "
-        f"{d['original']['sharpness']:.3f}). Their bottom-half MSE is {d['lstm']['bottom_mse']:.4f}, against "
+        "plausible strokes: " + ("blurrier than" if d["mse"]["sharpness"] < d["original"]["sharpness"] else
+                                 "as sharp as") + f" the originals (sharpness {d['mse']['sharpness']:.3f} against "
+        f"{d['original']['sharpness']:.3f}). Their bottom-half MSE is {d['mse']['bottom_mse']:.4f}, against "
         f"{d['nearest_neighbour']['bottom_mse']:.4f} for the bottom half of the training image whose top is nearest, "
-        f"and P1's classifier reads {pct(d['lstm']['class_kept'], 1)} of them as the original digit "
+        f"and P1's classifier reads {pct(d['mse']['class_kept'], 1)} of them as the original digit "
         f"({pct(d['nearest_neighbour']['class_kept'], 1)} for the nearest image's). Beyond the homework, a second "
         "drawer samples one plausible stroke instead of averaging them.")]
 

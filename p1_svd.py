@@ -37,16 +37,22 @@ from common.precision import add_precision_flag, full_precision, machine, resolv
 from common.train import (best_record, evaluate, init_distributed, is_main, seed_everything, train_or_reuse,
                           trained_seconds, unwrap)
 
-RANKS = ["10", "20", "50", "100", "200", "full"]
+RANKS = [10, 20, 50, 100, 200, "full"]  # the homework's D; "full" keeps every singular value
 FIGURES = ["accuracy_vs_rank", "params_vs_rank", "singular_values"]  # beside metrics.json, as .png
 
 
 def rank_arg(text):
+    """A rank D from the command line: a positive integer, or "full"."""
     if text == "full":
         return text
     if not text.isdigit() or int(text) < 1:
         raise ValueError
-    return text
+    return int(text)
+
+
+def rank_name(rank, width):
+    """How results name a rank: "full" for the hidden layers' width (every singular value kept), else the number."""
+    return "full" if rank == width else str(rank)
 
 
 def get_args(argv=None):
@@ -72,16 +78,20 @@ def get_args(argv=None):
     add_precision_flag(train)
     p.add_argument("--ablation", action="store_true",
                    help="also train the recipe's ablation: seed 0 without the shifts, the tail decay, or both")
-    p.add_argument("--ranks", nargs="+", type=rank_arg, default=RANKS, metavar="D",
-                   help="ranks to evaluate: positive integers and/or 'full'")
+    p.add_argument("--ranks", nargs="+", type=rank_arg, default=None, metavar="D",
+                   help="ranks to evaluate: positive integers up to --width, and/or 'full' (default: 10 20 50 100 200 "
+                        "full, those below the width)")
     add_common_args(p, out="results/p1")
     args = p.parse_args(argv)
-    if any(r != "full" and int(r) > 784 for r in args.ranks):
-        p.error(f"--ranks must be at most 784 (the rank of the first layer) or 'full', got {' '.join(args.ranks)}")
     if args.dry_run:  # a few images (load_mnist) through narrower layers: the real code path in seconds
         p.set_defaults(width=64, batch_size=64)
         args = p.parse_args(argv)
         args.epochs, args.seeds = 1, min(args.seeds, 2)
+    if args.ranks is None:
+        args.ranks = [r for r in RANKS if r == "full" or r < args.width]
+    if any(r != "full" and r > args.width for r in args.ranks):
+        p.error(f"--ranks must be at most the width ({args.width}) or 'full', got {' '.join(map(str, args.ranks))}")
+    args.ranks = sorted({args.width if r == "full" else r for r in args.ranks})  # ints; the width is full rank
     return args, train
 
 
@@ -179,7 +189,7 @@ def svd(W):
 
 
 def truncate(U, S, Vh, rank):
-    """The first `rank` singular triplets: U[:, :D], S[:D], Vh[:D]; rank=None or >= k keeps them all."""
+    """The first `rank` singular triplets: U[:, :D], S[:D], Vh[:D]; a rank >= k keeps them all."""
     return U[:, :rank], S[:rank], Vh[:rank]
 
 
@@ -202,7 +212,7 @@ class LowRankLinear(nn.Module):
 
 
 def compress(model, factors, rank):
-    """P1's rank-D network: a copy of the MLP `model` whose hidden layers are LowRankLinear at `rank` (None = full),
+    """P1's rank-D network: a copy of the MLP `model` whose hidden layers are LowRankLinear at `rank`,
     from factors [(U, S, Vh), ...], the SVD of each hidden weight. The last layer is copied as it is; eval mode."""
     layers = [LowRankLinear(*truncate(U, S, Vh, rank), layer.bias) for (U, S, Vh), layer in zip(factors, model.hidden)]
     return with_hidden(model, layers).eval()
@@ -212,39 +222,40 @@ def low_rank_cost(shapes, rank):
     """(parameters, multiply-adds per input vector) of the layers `shapes` [(out, in), ...] at `rank`.
 
     Each layer stores U (out x D), S (D numbers), Vh (D x in) and its bias (out), and computes
-    Vh x (D * in), then S (D), then U (out * D). rank=None means full rank, D = min(out, in).
+    Vh x (D * in), then S (D), then U (out * D), with D = min(rank, out, in).
     """
     params = macs = 0
     for out, n_in in shapes:
-        d = min(out, n_in) if rank is None else min(rank, out, n_in)
+        d = min(rank, out, n_in)
         params += d * (n_in + 1 + out) + out
         macs += d * (n_in + 1 + out)
     return params, macs
 
 
 def cost(model, rank):
-    """(parameters, multiply-adds per image) of the MLP `model` with its hidden layers at `rank` (0 = dense).
-
-    The last layer stays dense either way.
-    """
-    head = model.head.weight.numel() + model.head.bias.numel()
-    if rank == 0:
-        hidden = [layer.weight for layer in model.hidden]
-        return (sum(w.numel() + w.shape[0] for w in hidden) + head,
-                sum(w.numel() for w in hidden) + model.head.weight.numel())
+    """(parameters, multiply-adds per image) of the MLP `model` with its hidden layers at `rank`; the last layer
+    stays dense."""
     params, macs = low_rank_cost([tuple(layer.weight.shape) for layer in model.hidden], rank)
-    return params + head, macs + model.head.weight.numel()
+    return params + model.head.weight.numel() + model.head.bias.numel(), macs + model.head.weight.numel()
+
+
+def dense_cost(model):
+    """(parameters, multiply-adds per image) of the dense MLP `model` itself."""
+    layers = [*model.hidden, model.head]
+    params = sum(layer.weight.numel() + layer.bias.numel() for layer in layers)
+    return params, sum(layer.weight.numel() for layer in layers)
 
 
 @torch.no_grad()
 def rank_d_accuracy(model, ranks, test_set, device):
     """(the SVD of each hidden weight, the baseline's test accuracy, {D: test accuracy of the rank-D network}): one
-    decomposition per layer, sliced for every rank (None: full). The rank-D networks run through their fast
+    decomposition per layer, sliced for every rank. The rank-D networks run through their fast
     inference path (common/mnist/fused.py: the same function, tested equal)."""
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     test_acc = evaluate(model, test_set, classification_metrics, device=device)["acc"]
-    accs = {str(r or "full"): evaluate(fast(compress(model, factors, r)), test_set, classification_metrics,
-                                       device=device)["acc"] for r in ranks}
+    accs = {rank_name(r, model.head.in_features): evaluate(fast(compress(model, factors, r)), test_set,
+                                                           classification_metrics, device=device)["acc"]
+            for r in ranks}
     return factors, test_acc, accs
 
 
@@ -256,7 +267,7 @@ def main(argv=None):
     device = init_distributed(pick_device(args.device))
     args.precision = resolve_precision(args.precision, device)  # what "auto" means on this machine
     data = load_mnist(dry_run=args.dry_run)
-    ranks = [None if r == "full" else int(r) for r in args.ranks]
+    ranks = args.ranks
     test_set = TensorDataset(*data["test"])
     t_start = time.time()
 
@@ -282,11 +293,11 @@ def main(argv=None):
         ablation = read_ablation(path, ABLATION_RUN, config=flags, seed=0)
 
     # the counts depend on the shapes only
-    dense_params, dense_macs = cost(model, 0)
+    dense_params, dense_macs = dense_cost(model)
     table = {"dense": {"params": dense_params, "macs": dense_macs}}
     for r in ranks:
         params, macs = cost(model, r)
-        table[str(r or "full")] = {"params": params, "macs": macs}
+        table[rank_name(r, args.width)] = {"params": params, "macs": macs}
     for d, row in table.items():
         row["params_ratio"] = row["params"] / dense_params
         if d != "dense":

@@ -28,7 +28,7 @@ from common.mnist.finetune import finetune_classifier, finetune_scores, plot_fin
 from common.mnist.mlp import load_baseline, with_hidden
 from common.precision import add_precision_flag, machine, resolve_precision
 from common.train import init_distributed, is_main, n_params
-from p1_svd import cost, svd
+from p1_svd import cost, dense_cost, svd
 
 
 def get_args(argv=None):
@@ -130,7 +130,7 @@ def main(argv=None):
         **summarize(runs),
         "params": params,
         "params_p1": cost(baseline, args.rank)[0],
-        "params_dense": cost(baseline, 0)[0],
+        "params_dense": dense_cost(baseline)[0],
         "params_note": "params counts what the factorized network stores (S folded into V); params_p1 is P1's "
                        f"count of the same rank-{args.rank} network with S stored apart, {args.rank} more "
                        "numbers per hidden layer",

@@ -35,7 +35,7 @@ from common.mnist.fused import fast
 from common.mnist.mlp import accuracy, classification_metrics, load_baseline, with_hidden
 from common.precision import add_precision_flag, full_precision, machine, resolve_precision
 from common.train import evaluate, init_distributed, is_main
-from p1_svd import compress, cost, svd
+from p1_svd import compress, cost, dense_cost, svd
 
 # P3's training settings, declared once: the flags below default to them, and benchmarks/p3_svd_step.py times a
 # training step with them without parsing a command line.
@@ -293,7 +293,7 @@ def main(argv=None):
         **summarize(runs),
         "dense_W_test_acc": mean_std([r["dense_W_test_acc"] for r in runs]),
         "params": cost(baseline, args.rank)[0],  # the rank-r network that is evaluated (S stored apart)
-        "params_dense": cost(baseline, 0)[0],
+        "params_dense": dense_cost(baseline)[0],
         "tracking_error_ratio_max": max(r["tracking_error_ratio_max"] for r in runs),
         "tracking_distance_max": max(r["tracking_distance_max"] for r in runs),
         "seeds": runs, "device": str(device), "threads": torch.get_num_threads(),

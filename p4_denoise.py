@@ -7,15 +7,14 @@ file, averaged. The FC sees one frame; the GRU is causal (the mask at frame t fr
 equation 12) and also sees each frame against the running mean of the frames so far. Both learn the |X|-weighted
 BCE against the IBM on mixtures made anew at every step (`mixture`); the epoch kept is the one with the best `v` SNR.
 
-    python p4_denoise.py                            # data, both models, scores, te zip, figures (~8 min)
+    python p4_denoise.py                            # data, both models, scores, te zip, figures
     python p4_denoise.py --dry-run                  # a handful of files, small models, one epoch each, in seconds
     python p4_denoise.py --ablation                 # what each design choice is worth, into ablation.json
     python p4_denoise.py denoise IN.wav OUT.wav     # denoise with results/p4/denoiser.pt (or IN... --out-dir DIR)
     python p4_denoise.py te-zip te_denoised.zip     # the denoised te mixtures for hand-in, from the saved model
 
 Writes results/p4/{metrics.json, config.json, *.png, audio/*.wav, denoiser.pt, te_denoised.zip} and checkpoints/
-p4_{gru,fc}.pt (reused when finished with the same config). The data, the two commands, scores, figures and listening
-examples are machinery in common/ (speech_data, denoiser, speech_scores, denoise_figures, listening).
+p4_{gru,fc}.pt (reused when finished with the same config). Its machinery: common/speech/ (data, denoise, scores, ...).
 """
 import argparse
 import functools
@@ -138,8 +137,7 @@ def mixture(S, N, lengths, band_fraction=0.0, snr_range=(-5.0, 5.0)):
 
     g scales each noise to a random SNR drawn uniformly from `snr_range` (the data's own range); X = S + g N is the
     STFT of s + g n, so every step sees new mixtures at no cost. A `band_fraction` of them lose their top frequencies
-    as resampled recordings do: a smooth low-pass from a random 4-8 kHz cutoff on speech and noise alike, which leaves
-    the IBM as it was; without it the models lose dB on such recordings."""
+    as resampled recordings do (a smooth low-pass from a random 4-8 kHz cutoff on speech and noise: the IBM stays)."""
     device = S.device
     valid = (torch.arange(S.shape[1], device=device)[None, :] < lengths.to(device)[:, None])[..., None]
     N = N.to(device) * valid

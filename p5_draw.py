@@ -85,8 +85,8 @@ def get_args(argv=None):
     p.add_argument("--examples-seed", type=seed_int, default=0, help="seed that picks the figures' test images")
     p.add_argument("--ambiguous", type=positive_int, default=10, help="ambiguous top halves shown with samples")
     p.add_argument("--threads", type=nonnegative_int, default=1,
-                   help="CPU threads of each training (0: torch's default); a small LSTM runs fastest on one (on 2 "
-                        "busy cores: 8-36 ms a step on 1 thread, 20-30x slower on 2)")
+                   help="CPU threads of each training (0: torch's default); a small LSTM runs fastest on one, its "
+                        "products being too small to share out")
     p.add_argument("--jobs", type=positive_int, default=2, help="trainings side by side, a process each (1: in turn)")
     p.add_argument("--ablation", action="store_true", help="also train the MSE drawer's ablation (ablation.json)")
     p.add_argument("--ablation-epochs", type=positive_int, default=8, help="epochs of every ablation row")
@@ -149,7 +149,7 @@ def neighbours(patches, before, start=0, cols=4):
 
 # ----------------------------------------------------------------------------- 2. the drawers
 
-class PatchLSTM(nn.Module):
+class MSEDrawer(nn.Module):
     """The MSE drawer: (batch, steps, 49) patches -> (batch, steps, 49) predictions of the next patch, in [0, 1].
 
     The LSTM reads each patch beside its position; the head, a ReLU layer, sees the LSTM's output and, with
@@ -157,7 +157,7 @@ class PatchLSTM(nn.Module):
     steps ago), which the LSTM would otherwise have to remember pixel by pixel. forward also takes and returns
     the state ((h, c), the last 3 patches read, how many were read), so that drawing can continue one step at
     a time from where the given patches left off. The recurrence runs in fp32 under any autocast: its state adds up
-    over 16 steps (and oneDNN has no bf16 LSTM on a CPU without AVX512).
+    over 16 steps.
     """
 
     def __init__(self, hidden=128, layers=1, position=True, head_hidden=256, neighbours=True, outputs=PIXELS):
@@ -185,7 +185,7 @@ class PatchLSTM(nn.Module):
         return torch.sigmoid(out), state  # pixels are in [0, 1], so is the prediction
 
 
-class MixtureLSTM(PatchLSTM):
+class SamplingDrawer(MSEDrawer):
     """The sampling drawer: the same LSTM; its head gives a distribution over the next patch x (49 pixels),
 
         p(x) = sum_k w_k prod_i p_ki^x_i (1 - p_ki)^(1 - x_i),
@@ -298,9 +298,9 @@ def drawer_config(kind, args, flags, data):
 
 
 def make_drawer(config):
-    """A fresh drawer of config["kind"]: "mse" (PatchLSTM) or "sampler" (MixtureLSTM)."""
+    """A fresh drawer of config["kind"]: "mse" (MSEDrawer) or "sampler" (SamplingDrawer)."""
     shape = (config["hidden"], config["layers"], config["position"], config["head_hidden"], config["neighbours"])
-    return PatchLSTM(*shape) if config["kind"] == "mse" else MixtureLSTM(*shape, config["components"])
+    return MSEDrawer(*shape) if config["kind"] == "mse" else SamplingDrawer(*shape, config["components"])
 
 
 def train_drawer(config, path, *, data, device, resume=False, quiet=False):
@@ -372,11 +372,11 @@ ABLATION = [
 # ----------------------------------------------------------------------------- 4. drawing and scoring the test set
 
 def complete(mse_model, sampler, train, test, samples, seed):
-    """Every completion of the `test` sequences (N, 16, 49): {"lstm": the MSE drawer's (1, N, 16, 49), "sampler":
+    """Every completion of the `test` sequences (N, 16, 49): {"mse": the MSE drawer's (1, N, 16, 49), "sampler":
     `samples` samples each (seeded: the same seed, the same drawings), "nearest_neighbour", "mean_bottom"}."""
     generator = torch.Generator(test.device).manual_seed(seed)
     sample = functools.partial(sample_patch, generator=generator)
-    return {"lstm": draw(mse_model, test)[None],
+    return {"mse": draw(mse_model, test)[None],
             "sampler": torch.stack([draw(sampler, test, next_patch=sample) for _ in range(samples)]),
             "nearest_neighbour": nearest_bottoms(train, test, N_GIVEN)[0][None],
             "mean_bottom": mean_bottoms(train, test, N_GIVEN)[None]}

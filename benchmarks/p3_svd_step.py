@@ -24,7 +24,7 @@ W_hat of that step's W is compared with the exact truncation W_r, worst over the
                                                          equal singular directions around index r were
                                                          kept, a choice the error does not see
 
-    python benchmarks/p3_svd_step.py             # about 2 minutes on 2 cores; needs checkpoints/p1_baseline_seed0.pt
+    python benchmarks/p3_svd_step.py             # needs checkpoints/p1_baseline_seed0.pt
     python benchmarks/p3_svd_step.py --dry-run   # seconds (needs `python p1_svd.py --dry-run`)
 
 Prints the table and writes results/p3/benchmark.json (runs/dry-run/p3/benchmark.json with --dry-run).

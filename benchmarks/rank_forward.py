@@ -32,9 +32,8 @@ from common.goals import target  # noqa: E402
 from common.mnist.fused import fast  # noqa: E402
 from common.mnist.mlp import load_baseline  # noqa: E402
 from common.precision import machine, torch_threads  # noqa: E402
-from p1_svd import compress, cost, svd  # noqa: E402
+from p1_svd import RANKS, compress, cost, dense_cost, rank_name, svd  # noqa: E402
 
-RANKS = ["10", "20", "50", "100", "200", "full"]  # P1's
 
 
 def get_args(argv=None):
@@ -81,11 +80,10 @@ def main(argv=None):
     baseline, config = load_baseline(args.ckpt_dir, args.seed)
     baseline = baseline.to(device)
     factors = [svd(layer.weight.detach()) for layer in baseline.hidden]  # once, sliced for every rank
-    ranks = [r for r in RANKS if r == "full" or int(r) <= min(layer.weight.shape[0] for layer in baseline.hidden)]
-    networks = {"dense": baseline, **{f"rank {r}": fast(compress(baseline, factors, None if r == "full" else int(r)))
-                                      for r in ranks}}
-    macs = {"dense": cost(baseline, 0)[1], **{f"rank {r}": cost(baseline, None if r == "full" else int(r))[1]
-                                              for r in ranks}}
+    width = baseline.head.in_features
+    ranks = {rank_name(r, width): r for r in [width if r == "full" else r for r in RANKS] if r <= width}  # P1's
+    networks = {"dense": baseline, **{f"rank {name}": fast(compress(baseline, factors, r)) for name, r in ranks.items()}}
+    macs = {"dense": dense_cost(baseline)[1], **{f"rank {name}": cost(baseline, r)[1] for name, r in ranks.items()}}
     # the arithmetic the rank-D network skips, checked before it is timed: fp32 logits agree with the dense ones
     # to rounding at full rank
     x = torch.rand(64, 784, device=device)

@@ -5,10 +5,10 @@ Helpers: `run_script` (a script in a subprocess), `assert_clean_error` (exit 2, 
 
 Session fixtures: each dry run runs once, in a subprocess, in its own temporary folder, and is shared by every test
 that asks for it. Tests only read these folders: a test that writes (a re-run, a damaged file) works in its own
-tmp_path, with copies (`copy_checkpoints`). All but P1's start together once one of them is asked for (they need
-its baseline), and run while the tests go on; a session that needs only some of them stops the others at its end.
-A session whose tests need them starts them at its beginning and runs the test files that do not need them first,
-so that those files' work overlaps the dry runs' (pytest's order otherwise).
+tmp_path, with copies (`copy_checkpoints`). A session starts, at its beginning, exactly the dry runs its selected
+tests need (`pytest tests/test_p2.py`: P1's and P2's), those that need P1's baseline as soon as it exists, and runs
+the test files that need none first, so that their work overlaps the dry runs'. A dry run no test waited for (a
+failed or interrupted session) is ended with SIGTERM, which the scripts handle, and waited for.
 
     dry_p1           P1 --dry-run --seeds 1 (5 x 64 units): (output folder, checkpoint folder with
                      p1_baseline_seed0.pt)
@@ -46,6 +46,12 @@ THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "1"))  # before torch is 
 import torch  # noqa: E402
 
 torch.set_num_threads(THREADS)  # also if a plugin imported torch first
+
+from common.precision import resolve_precision  # noqa: E402
+
+# what the dry runs' default `--precision auto` trains in on this machine: bf16 where the CPU multiplies bf16 in
+# hardware, fp32 elsewhere (each script's forced-bf16 path has tests of its own, on every CPU)
+AUTO_PRECISION = resolve_precision("auto", "cpu")
 
 
 def run_script(*args, env=None, timeout=600, cwd=ROOT):
@@ -86,23 +92,6 @@ def low_rank(U, S, Vh, rank):
     return (U[:, :rank] * S[:rank]) @ Vh[:rank]
 
 
-DRY_RUN_FILES = set()  # the collected test files whose tests use the dry runs started together (`started`)
-
-
-def pytest_collection_modifyitems(items):
-    """The files that use the session's dry runs last, in pytest's order otherwise (whole files: module fixtures
-    stay set up once)."""
-    DRY_RUN_FILES.update(item.path for item in items if "started" in item.fixturenames)
-    items.sort(key=lambda item: item.path in DRY_RUN_FILES)  # stable
-
-
-@pytest.fixture(scope="session", autouse=True)
-def dry_runs_started_early(request):
-    """Start the dry runs at the session's beginning when some collected test needs them."""
-    if DRY_RUN_FILES:
-        request.getfixturevalue("started")
-
-
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """`p4_denoise.py denoise` sets torch's thread count for the process without restoring it; called in-process by
@@ -141,68 +130,126 @@ class DryRun:
         assert code == 0, (self.script, self.log.read_text()[-3000:])
         return self.out, self.ckpt
 
-    def stop(self):
+    def stop(self, grace=30):
+        """End a run no test waited for the way a user would, with SIGTERM (the scripts stop cleanly on it), and wait
+        for it; only one that outlives `grace` seconds is killed."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# The session's dry runs: name -> (script, its flags, the dry run whose checkpoints it starts from)
+DRY_RUNS = {
+    "p1": ("p1_svd.py", ["--seeds", "1"], None),
+    "p4": ("p4_denoise.py", [], None),
+    # the longest first: they start together once P1's baseline exists
+    "p5_ablation": ("p5_draw.py", ["--ablation", "--jobs", "1"], "p1"),
+    "p5": ("p5_draw.py", [], "p1"),
+    "bench_p3": ("benchmarks/p3_svd_step.py", [], "p1"),
+    "p3": ("p3_svd_ste.py", ["--seeds", "1"], "p1"),
+    "p2": ("p2_factorized.py", ["--seeds", "1"], "p1"),
+    "bench_rank": ("benchmarks/rank_forward.py", [], "p1"),
+}
+QUIET = {"bench_p3": False, "bench_rank": False}  # tests read what these print
+
+
+class DryRuns:
+    """The session's dry runs, each started at most once, when a test needs it (or at the session's start when a
+    collected test will): a run that needs P1's baseline starts once P1's dry run has finished."""
+
+    def __init__(self, tmp_path_factory):
+        self.folder, self.runs = tmp_path_factory.mktemp, {}
+
+    def start(self, name):
+        if name not in self.runs:
+            script, args, parent = DRY_RUNS[name]
+            checkpoints = self.get(parent)[1] if parent else None
+            self.runs[name] = DryRun(self.folder(name), script, *args, checkpoints=checkpoints,
+                                     quiet=QUIET.get(name, True))
+        return self.runs[name]
+
+    def get(self, name):
+        return self.start(name).result()
+
+    def stop(self):
+        for run in self.runs.values():
+            run.stop()
 
 
 @pytest.fixture(scope="session")
-def dry_p1(tmp_path_factory):
-    return DryRun(tmp_path_factory.mktemp("p1"), "p1_svd.py", "--seeds", "1").result()
-
-
-@pytest.fixture(scope="session")
-def started(tmp_path_factory, dry_p1):
-    """Every dry run but P1's, started together (the longest first): {name: DryRun}."""
-    folder = tmp_path_factory.mktemp
-    runs = {"p5_ablation": DryRun(folder("p5_ablation"), "p5_draw.py", "--ablation", "--jobs", "1",
-                                  checkpoints=dry_p1[1]),
-            "p5": DryRun(folder("p5"), "p5_draw.py", checkpoints=dry_p1[1]),
-            "bench_p3": DryRun(folder("bench_p3"), "benchmarks/p3_svd_step.py", checkpoints=dry_p1[1], quiet=False),
-            "p3": DryRun(folder("p3"), "p3_svd_ste.py", "--seeds", "1", checkpoints=dry_p1[1]),
-            "p2": DryRun(folder("p2"), "p2_factorized.py", "--seeds", "1", checkpoints=dry_p1[1]),
-            "p4": DryRun(folder("p4"), "p4_denoise.py"),
-            "bench_rank": DryRun(folder("bench_rank"), "benchmarks/rank_forward.py", checkpoints=dry_p1[1],
-                                 quiet=False)}
+def dry_runs_scheduler(tmp_path_factory):
+    runs = DryRuns(tmp_path_factory)
     yield runs
-    for run in runs.values():
-        run.stop()
+    runs.stop()
+
+
+def dry_runs_needed(fixture_names):
+    """The DRY_RUNS that tests using `fixture_names` (one list of fixture names per test, their dependencies
+    included, as pytest gives them) need, with the runs whose checkpoints those start from."""
+    needed = {name for names in fixture_names for name in DRY_RUNS if f"dry_{name}" in names}
+    return needed | {DRY_RUNS[name][2] for name in needed if DRY_RUNS[name][2]}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dry_runs_started_early(request, dry_runs_scheduler):
+    """Start, at the session's beginning, the dry runs that the selected tests need (only those: `pytest
+    tests/test_p2.py` starts P1's and P2's), so that they run while the tests that need none go on."""
+    needed = dry_runs_needed(item.fixturenames for item in request.session.items)
+    for name in [n for n in DRY_RUNS if n in needed and DRY_RUNS[n][2] is None]:  # P1 and P4 first
+        dry_runs_scheduler.start(name)
+    for name in [n for n in DRY_RUNS if n in needed and DRY_RUNS[n][2] is not None]:
+        dry_runs_scheduler.start(name)
+
+
+def pytest_collection_modifyitems(items):
+    """The files whose tests use the session's dry runs run last, in pytest's order otherwise (whole files: module
+    fixtures stay set up once), so that the other files' work overlaps the dry runs'."""
+    uses = {item.path for item in items if any(f"dry_{name}" in item.fixturenames for name in DRY_RUNS)}
+    items.sort(key=lambda item: item.path in uses)  # stable
 
 
 @pytest.fixture(scope="session")
-def dry_p2(started):
-    return started["p2"].result()
+def dry_p1(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p1")
 
 
 @pytest.fixture(scope="session")
-def dry_p3(started):
-    return started["p3"].result()
+def dry_p2(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p2")
 
 
 @pytest.fixture(scope="session")
-def dry_p5(started):
-    return started["p5"].result()
+def dry_p3(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p3")
 
 
 @pytest.fixture(scope="session")
-def dry_p5_ablation(started):
-    return started["p5_ablation"].result()
+def dry_p4(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p4")
 
 
 @pytest.fixture(scope="session")
-def dry_bench_p3(started):
-    return started["bench_p3"].result()[0]
+def dry_p5(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p5")
 
 
 @pytest.fixture(scope="session")
-def dry_p4(started):
-    return started["p4"].result()
+def dry_p5_ablation(dry_runs_scheduler):
+    return dry_runs_scheduler.get("p5_ablation")
 
 
 @pytest.fixture(scope="session")
-def dry_bench_rank(started):
-    return started["bench_rank"].result()[0]
+def dry_bench_p3(dry_runs_scheduler):
+    return dry_runs_scheduler.get("bench_p3")[0]
+
+
+@pytest.fixture(scope="session")
+def dry_bench_rank(dry_runs_scheduler):
+    return dry_runs_scheduler.get("bench_rank")[0]
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from common.mnist.data import shifted
 from common.mnist.fused import fast, rank_d_product
 from common.mnist.mlp import MLP, with_hidden
 from common.train import load_checkpoint, n_params
-from p1_svd import LowRankLinear, compress, cost, svd, truncate
-from conftest import low_rank, read_json
+from p1_svd import LowRankLinear, compress, cost, dense_cost, svd, truncate
+from conftest import AUTO_PRECISION, low_rank, read_json
 
 
 def tiny_mlp(seed=0, width=12, depth=3):
@@ -20,11 +20,11 @@ def tiny_mlp(seed=0, width=12, depth=3):
 
 def test_homework_parameter_counts():
     model = MLP()
-    assert cost(model, 0)[0] == n_params(model) == 5_012_490
+    assert dense_cost(model)[0] == n_params(model) == 5_012_490
     assert cost(model, 20)[0] == 215_470
 
 
-@pytest.mark.parametrize("rank", [1, 3, 5, 12, None])
+@pytest.mark.parametrize("rank", [1, 3, 5, 12, 40])  # tiny_mlp is 12 wide: 12 and above keep every value
 def test_parameter_formula_matches_module(rank):
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
@@ -48,7 +48,7 @@ def test_full_rank_reproduces_baseline_logits():
     model = tiny_mlp()
     factors = [svd(layer.weight.detach()) for layer in model.hidden]
     x = torch.rand(32, 784, dtype=torch.float64)
-    full = compress(model, factors, None).double()
+    full = compress(model, factors, 12).double()  # the width: full rank
     torch.testing.assert_close(full(x), model(x), rtol=1e-10, atol=1e-10)
 
 
@@ -101,7 +101,7 @@ def test_the_fused_rank_d_forward_equals_the_plain_one():
     plain = net(x)
     torch.testing.assert_close(fused_logits, plain, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # and at full rank, fused, the dense network's logits
-        full = fast(compress(model, [svd(layer.weight.detach()) for layer in model.hidden], None))
+        full = fast(compress(model, [svd(layer.weight.detach()) for layer in model.hidden], 96))
         torch.testing.assert_close(full(x), model(x), rtol=1e-4, atol=1e-5)
 
 
@@ -126,9 +126,18 @@ def test_one_svd_serves_every_rank(monkeypatch):
     model = tiny_mlp().float()
     g = torch.Generator().manual_seed(0)
     test_set = TensorDataset(torch.rand(50, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g))
-    factors, test_acc, accs = p1_svd.rank_d_accuracy(model, [2, 5, None], test_set, "cpu")
+    factors, test_acc, accs = p1_svd.rank_d_accuracy(model, [2, 5, 12], test_set, "cpu")
     assert calls == [(12, 784), (12, 12), (12, 12)] and len(factors) == 3  # one decomposition per layer
     assert set(accs) == {"2", "5", "full"} and accs["full"] == test_acc
+
+
+def test_ranks_are_ints_and_full_is_the_width():
+    args = p1_svd.get_args(["--ranks", "20", "full", "20", "5"])[0]
+    assert args.ranks == [5, 20, 1024] and p1_svd.rank_name(1024, 1024) == "full" and p1_svd.rank_name(20, 1024) == "20"
+    assert p1_svd.get_args([])[0].ranks == [10, 20, 50, 100, 200, 1024]
+    assert p1_svd.get_args(["--dry-run"])[0].ranks == [10, 20, 50, 64]  # below the dry run's width of 64, and full
+    with pytest.raises(SystemExit):
+        p1_svd.get_args(["--ranks", "1025"])
 
 
 def test_dry_run_defaults_to_a_narrow_network_unless_told():
@@ -183,7 +192,7 @@ def test_dry_run_writes_metrics_and_figures(dry_p1):
         assert (out / name).stat().st_size > 0
     # the flags that define the baseline are its checkpoint's config and config.json's, precision resolved
     config = load_checkpoint(ckpt / "p1_baseline_seed0.pt")["config"]
-    assert config["width"] == 64 and config["precision"] == metrics["machine"]["precision"] == "fp32"
+    assert config["width"] == 64 and config["precision"] == metrics["machine"]["precision"] == AUTO_PRECISION
     flags = {k: v for k, v in config.items() if k not in ("depth", "seed", "train_size")}
     assert flags == {k: read_json(out / "config.json")[k] for k in flags}
 
@@ -223,3 +232,14 @@ def test_the_rank_d_network_computes_what_its_layers_compute_one_by_one():
     for inference in (net, fast(net)):  # in-place operations under inference_mode, and the fast path: the same
         with torch.inference_mode():
             torch.testing.assert_close(inference(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ranks", [["full"], ["7"], ["7", "full"]])
+def test_figures_draw_any_set_of_ranks(ranks, tmp_path):
+    """`--ranks full` alone (or one number) still draws both figures: full rank sits at the width on the log axis."""
+    metrics = {"ranks": {"dense": {"params": 100}, **{d: {"params": 50, "test_acc": {"mean": 0.9, "std": 0.0}}
+                                                       for d in ranks}},
+               "width": 64, "seeds": [0], "baseline_test_acc": {"mean": 0.95}}
+    figures.plot_accuracy_vs_rank(metrics, tmp_path / "a.png")
+    figures.plot_params_vs_rank(metrics, tmp_path / "p.png")
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0

@@ -7,7 +7,7 @@ from common.cli import UserError
 from common.mnist.mlp import MLP, classification_loss
 from common.train import load_checkpoint, n_params
 from p1_svd import compress, cost, svd
-from conftest import copy_checkpoints, low_rank, read_json, run_main
+from conftest import AUTO_PRECISION, copy_checkpoints, low_rank, read_json, run_main
 
 
 def tiny_mlp(seed=0, width=24, depth=3):
@@ -62,7 +62,7 @@ def test_dry_run(dry_p1, dry_p2, tmp_path, capsys):
     baseline = MLP(width=read_json(dry_p1[0] / "metrics.json")["width"])
     factorized = p2.factorize(baseline, [svd(layer.weight.detach()) for layer in baseline.hidden], 20)
     assert metrics["dry_run"] is True and metrics["params"] == n_params(factorized)
-    assert metrics["params_p1"] == cost(baseline, 20)[0] and metrics["machine"]["precision"] == "fp32"
+    assert metrics["params_p1"] == cost(baseline, 20)[0] and metrics["machine"]["precision"] == AUTO_PRECISION
     for name in ("finetune_curve.png", "config.json"):
         assert (out / name).stat().st_size > 0
     run = metrics["seeds"][0]
@@ -73,7 +73,7 @@ def test_dry_run(dry_p1, dry_p2, tmp_path, capsys):
     config = load_checkpoint(ckpt / "p2_factorized_seed0.pt")["config"]
     flags = {k: v for k, v in config.items() if k not in ("seed", "train_size", "baseline")}
     assert set(flags) == {"rank", "epochs", "batch_size", "lr", "weight_decay", "dropout", "shift", "precision"}
-    assert flags == {k: read_json(out / "config.json")[k] for k in flags} and flags["precision"] == "fp32"
+    assert flags == {k: read_json(out / "config.json")[k] for k in flags} and flags["precision"] == AUTO_PRECISION
 
     # same seed, same numbers: a fresh run in another folder retrains to the same history ...
     other = copy_checkpoints(ckpt, tmp_path / "ckpt", "p1_baseline_seed0.pt")

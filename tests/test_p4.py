@@ -16,7 +16,7 @@ from common.cli import UserError
 from common.precision import resolve_precision, torch_threads
 from common.speech.stft import BINS, HOP, RATE
 from common.train import save_checkpoint
-from conftest import read_json, run_main, run_script
+from conftest import AUTO_PRECISION, read_json, run_main, run_script
 
 
 @pytest.fixture(autouse=True)
@@ -411,10 +411,11 @@ def test_dry_run_writes_every_result(dry_run):
     assert len(metrics["per_file"]["snr_db"]["gru"]) == 10
     for name in ("training_curves", "snr_histogram", "snr_gain_vs_input", "snr_by_noise", "spectrograms"):
         assert (out / f"{name}.png").stat().st_size > 0, name
-    # the dry run's small models, one epoch, fp32 on this CPU: recorded where the reuse decision and the report see it
+    # the dry run's small models, one epoch, in what auto means here: where the reuse decision and the report see it
     gru = metrics["models"]["gru"]["config"]
     assert (gru["model"]["hidden"], gru["model"]["proj"], gru["epochs"], gru["repeats"]) == (32, 32, 1, 2)
-    assert gru["precision"] == metrics["machine"]["precision"] == read_json(out / "config.json")["precision"] == "fp32"
+    precisions = (gru["precision"], metrics["machine"]["precision"], read_json(out / "config.json")["precision"])
+    assert precisions == (AUTO_PRECISION,) * 3
     assert metrics["models"]["fc"]["config"]["model"] == {"kind": "fc", "hidden": 64, "layers": 2, "dropout": 0.1,
                                                           "layer_norm": False}
     assert torch.load(out / "denoiser.pt", weights_only=True)["config"] == gru

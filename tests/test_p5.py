@@ -13,9 +13,9 @@ from common.drawing.figures import framed_grid
 from common.drawing.processes import run_jobs
 from common.mnist.data import load_mnist
 from common.train import load_checkpoint
-from p5_draw import (MixtureLSTM, PatchLSTM, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,
+from p5_draw import (SamplingDrawer, MSEDrawer, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,
                      with_position)
-from conftest import copy_checkpoints, read_json, run_main
+from conftest import AUTO_PRECISION, copy_checkpoints, read_json, run_main
 
 
 # ----------------------------------------------------------------------------- patches
@@ -94,7 +94,7 @@ def test_drawing_keeps_the_top_half_and_feeds_predictions_back():
 def test_drawn_patches_are_what_teacher_forcing_on_the_completion_predicts(position, neighbours):
     """The state (LSTM, last patches, position) is carried: one step at a time equals one pass over the completion."""
     torch.manual_seed(0)
-    model = PatchLSTM(hidden=16, layers=2, position=position, head_hidden=8, neighbours=neighbours).double().eval()
+    model = MSEDrawer(hidden=16, layers=2, position=position, head_hidden=8, neighbours=neighbours).double().eval()
     x = torch.rand(5, 16, 49, dtype=torch.float64)
     completed = draw(model, x)
     with torch.no_grad():
@@ -106,13 +106,13 @@ def test_drawn_patches_are_what_teacher_forcing_on_the_completion_predicts(posit
 
 
 def test_model_shapes_and_bounded_output():
-    model = PatchLSTM(hidden=8, layers=2)
+    model = MSEDrawer(hidden=8, layers=2)
     x = 100 * torch.randn(4, 15, 49)
     y, ((h, c), last, count) = model(x)
     assert y.shape == (4, 15, 49) and h.shape == c.shape == (2, 4, 8)
     assert torch.equal(last, x[:, -3:]) and count == 15
     assert y.min() >= 0 and y.max() <= 1
-    (log_w, logits), ((h, c), _, _) = MixtureLSTM(hidden=8, layers=1, components=3)(torch.rand(4, 15, 49))
+    (log_w, logits), ((h, c), _, _) = SamplingDrawer(hidden=8, layers=1, components=3)(torch.rand(4, 15, 49))
     assert log_w.shape == (4, 15, 3) and logits.shape == (4, 15, 3, 49) and h.shape == (1, 4, 8)
     torch.testing.assert_close(log_w.exp().sum(-1), torch.ones(4, 15))
 
@@ -146,7 +146,7 @@ def test_the_head_sees_the_neighbours_only_when_asked():
     changed = x.clone()
     changed[:, 5] += 1  # patch 5 is above patch 9: the prediction of 9, made while reading patch 8, sees it
     for neighbours_on in (True, False):
-        model = PatchLSTM(hidden=8, neighbours=neighbours_on).eval()
+        model = MSEDrawer(hidden=8, neighbours=neighbours_on).eval()
         with torch.no_grad():
             # from patch 8 on, the LSTM state is the same in both; only the head's input differs
             _, state = model(x[:, :8])
@@ -194,7 +194,7 @@ def test_mixture_is_a_distribution_over_binary_patches():
 
 def test_likelihood_loss_is_the_mean_nll_of_the_next_patches():
     torch.manual_seed(0)
-    model = MixtureLSTM(hidden=8, head_hidden=8, components=3).double()
+    model = SamplingDrawer(hidden=8, head_hidden=8, components=3).double()
     x = torch.rand(4, 16, 49, dtype=torch.float64)
     (log_w, logits), _ = model(x[:, :-1])
     expected = torch.stack([mixture_nll(log_w[:, t], logits[:, t], x[:, t + 1]) for t in range(15)]).mean()
@@ -220,7 +220,7 @@ def test_sampled_drawing_is_reproducible_and_follows_teacher_forcing():
     """Shapes and ranges; the same seed draws the same; each drawn patch is one of the components that one
     teacher-forced pass over the completed sequence gives at that step."""
     torch.manual_seed(0)
-    model = MixtureLSTM(hidden=16, layers=2, head_hidden=8, components=4).double().eval()
+    model = SamplingDrawer(hidden=16, layers=2, head_hidden=8, components=4).double().eval()
     x = torch.rand(6, 16, 49, dtype=torch.float64)
 
     def sampled(seed):
@@ -392,14 +392,14 @@ def test_dry_run_writes_metrics_and_figures(dry_p5, tmp_path, capsys):
     out, ckpt = dry_p5
     m = read_json(out / "metrics.json")
     assert m["dry_run"] is True and m["epochs_trained"] == 1 and m["sampler"]["epochs_trained"] == 1
-    assert m["trained_in_this_run"] is True and m["ablation"] is None and m["machine"]["precision"] == "fp32"
+    assert m["trained_in_this_run"] is True and m["ablation"] is None and m["machine"]["precision"] == AUTO_PRECISION
     for where in ("test", "examples"):
-        assert set(m["drawing"][where]) == {"original", "lstm", "sampler", "nearest_neighbour", "mean_bottom"}
+        assert set(m["drawing"][where]) == {"original", "mse", "sampler", "nearest_neighbour", "mean_bottom"}
         for s in m["drawing"][where].values():
             assert 0 <= s["best_of_k_bottom_mse"] <= s["bottom_mse"] <= 1
             assert 0 <= s["class_kept"] <= 1 and 0 <= s["sharpness"] <= 1 and 0 <= s["ink"] <= 1
         assert m["drawing"][where]["original"]["bottom_mse"] == 0
-        assert m["drawing"][where]["sampler"]["k"] == 10 and m["drawing"][where]["lstm"]["k"] == 1
+        assert m["drawing"][where]["sampler"]["k"] == 10 and m["drawing"][where]["mse"]["k"] == 1
     for g in list(m["goals"].values()) + [m["budget"]]:
         assert {"measured", "met", "why"} <= set(g) and isinstance(g["met"], bool)
     # the references against oracles in pixel space (the bottom half is image rows 14..27), without patches
@@ -413,7 +413,7 @@ def test_dry_run_writes_metrics_and_figures(dry_p5, tmp_path, capsys):
     # the share of each digit kept, weighted by how often the digit occurs, is the share kept overall
     counts = torch.bincount(test_y, minlength=10).double()
     per_digit = torch.tensor([m["class_kept_per_digit"][str(c)] for c in range(10)], dtype=torch.float64)
-    assert (per_digit @ counts / counts.sum()).item() == pytest.approx(m["drawing"]["test"]["lstm"]["class_kept"])
+    assert (per_digit @ counts / counts.sum()).item() == pytest.approx(m["drawing"]["test"]["mse"]["class_kept"])
     assert len(m["examples"]["indices"]) == 100
     assert m["examples"]["labels"] == [c for c in range(10) for _ in range(10)]
     assert len(m["ambiguous"]["indices"]) == 10 and all(len(p) == 8 for p in m["ambiguous"]["sampler_predicted"])
@@ -426,12 +426,12 @@ def test_dry_run_writes_metrics_and_figures(dry_p5, tmp_path, capsys):
         config = load_checkpoint(ckpt / f"p5_{kind}_seed0.pt")["config"]
         assert config == (m["config"] if kind == "mse" else m["sampler"]["config"])
         flags = {k: v for k, v in config.items() if k not in ("kind", "epochs", "train_size", "val_size")}
-        assert flags == {k: read_json(out / "config.json")[k] for k in flags} and config["precision"] == "fp32"
+        assert flags == {k: read_json(out / "config.json")[k] for k in flags} and config["precision"] == AUTO_PRECISION
 
     # a finished checkpoint with the same config is reused, not retrained (and draws the same: see the ablation)
     args, flags = p5_draw.get_args(["--dry-run", "--out", str(tmp_path / "out"), "--ckpt-dir",
                                     str(copy_checkpoints(ckpt, tmp_path / "ckpt"))])
-    args.precision = "fp32"
+    args.precision = AUTO_PRECISION  # what the dry run resolved
     configs = {kind: p5_draw.drawer_config(kind, args, flags, data) for kind in ("mse", "sampler")}
     capsys.readouterr()
     drawers, written, trained_now = p5_draw.train_drawers(configs, data, args, torch.device("cpu"))

@@ -46,7 +46,7 @@ def test_missing_mnist_and_no_network_says_what_to_do(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, words", [
     (["--ranks", "0"], ["--ranks"]),
-    (["--ranks", "900"], ["at most 784"]),
+    (["--ranks", "900"], ["at most the width (64)"]),
     (["--ranks", "ten"], ["--ranks"]),
     (["--epochs", "-1"], ["--epochs", "-1"]),
     (["--seeds", "0"], ["--seeds"]),

@@ -28,6 +28,7 @@ import p4_denoise as p4
 from common.speech import data as speech_data
 from common.cli import run_cli
 from common.files import ROOT
+from common.speech import denoise as denoise_module
 from common.speech.audio import decoder_warnings_silenced
 from common.train import save_checkpoint
 
@@ -455,7 +456,7 @@ def test_a_signal_ends_denoise_with_one_line_and_nothing_half_written(tmp_path, 
     assert not (tmp_path / "out" / "short.wav").exists()
 
 
-def test_flags_and_headers_that_would_explode_are_refused(tmp_path, model_file, capfd):
+def test_flags_and_headers_that_would_explode_are_refused(tmp_path, model_file, capfd, monkeypatch):
     sf.write(tmp_path / "in.wav", np.zeros(8000, np.float32), 16000)
     for flags, words in ((["--block-seconds", "inf"], "--block-seconds"), (["--block-seconds", "1e9"], "0.01 to 60"),
                          (["--threads", "100000"], "--threads"), (["--threads", "0"], "--threads")):
@@ -466,10 +467,11 @@ def test_flags_and_headers_that_would_explode_are_refused(tmp_path, model_file, 
     data = bytearray((tmp_path / "slow.wav").read_bytes())
     data[24:28] = (1).to_bytes(4, "little")  # the sample rate field of the fmt chunk
     (tmp_path / "slow.wav").write_bytes(bytes(data))
-    started = time.time()
+    resampled = []  # refused from its header: no resampler is ever built for it, and no sample decoded
+    monkeypatch.setattr(denoise_module.soxr, "ResampleStream", lambda *a, **k: resampled.append(a))
     code, _, err = denoise([tmp_path / "slow.wav", tmp_path / "out.wav", "--model", model_file], capfd)
     assert_one_line_error(code, err, "slow.wav", "1 Hz")
-    assert time.time() - started < 5
+    assert resampled == []
     assert not (tmp_path / "out.wav").exists()
 
 
@@ -590,7 +592,7 @@ def test_fuzz_every_corruption_ends_in_a_good_file_or_one_line(tmp_path, model_f
     before = digest(*paths)
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    started, outcomes = time.time(), {0: 0, 2: 0}
+    outcomes = {0: 0, 2: 0}
     for path in paths:
         out = outputs / f"{path.name}.wav"
         code, _, err = denoise([path, out, "--model", model_file], capfd)
@@ -612,4 +614,3 @@ def test_fuzz_every_corruption_ends_in_a_good_file_or_one_line(tmp_path, model_f
         assert leftovers(outputs) == [], path.name
     assert digest(*paths) == before  # no input changed
     assert set(outcomes) == {0, 2} and min(outcomes.values()) > 20, outcomes  # both outcomes really happen
-    assert time.time() - started < 60

@@ -21,12 +21,12 @@ def drawing_figures(test, completed, labels, predicted, scores, examples, ambigu
     "sampler": ...}; mse_per_patch (15,); to_images: sequences (n, 16, 49) -> images (n, 28, 28)."""
     images = {k: to_images(v[0, examples]).cpu() for k, v in [("original", test[None])] + list(completed.items())}
     # the first sample stands for the sampling drawer
-    changed = {k: (predicted[k][0] != labels)[examples].cpu() for k in ("lstm", "sampler")}
+    changed = {k: (predicted[k][0] != labels)[examples].cpu() for k in ("mse", "sampler")}
     completion_figures(images, changed, scores, per_class, out)
     training_figures(histories["mse"], histories["sampler"], mse_per_patch.cpu(), out)
     index, shown = ambiguous["indices"], len(ambiguous["sampler_predicted"][0])
     samples = completed["sampler"][:shown, index]  # (shown, count, 16, 49)
-    ambiguous_figure(to_images(test[index]).cpu(), to_images(completed["lstm"][0, index]).cpu(),
+    ambiguous_figure(to_images(test[index]).cpu(), to_images(completed["mse"][0, index]).cpu(),
                      to_images(samples.flatten(0, 1)).unflatten(0, samples.shape[:2]).cpu(), ambiguous,
                      out / "ambiguous.png")
 
@@ -50,11 +50,11 @@ def completion_figures(images, changed, scores, per_class, out):
     `per_class` per digit; changed: {'lstm', 'sampler'} -> (N,) bool, the completions whose class the classifier
     changed; scores: the `score` of each on these images.
     """
-    save_image(framed_grid(images["lstm"], per_class, changed["lstm"]), out / "completions.png")
+    save_image(framed_grid(images["mse"], per_class, changed["mse"]), out / "completions.png")
     save_image(framed_grid(images["sampler"], per_class, changed["sampler"]), out / "samples.png")
     save_image(framed_grid(images["original"], per_class), out / "originals.png")
 
-    panels = [("original", "originals"), ("lstm", "MSE drawer"), ("sampler", "sampling drawer (1 sample)"),
+    panels = [("original", "originals"), ("mse", "MSE drawer"), ("sampler", "sampling drawer (1 sample)"),
               ("nearest_neighbour", "nearest-neighbour bottom"), ("mean_bottom", "mean bottom")]
     fig, axes = plt.subplots(2, 3, figsize=(12.6, 9.4))
     for ax, (key, title) in zip(axes.flat, panels):
@@ -112,7 +112,7 @@ def ambiguous_figure(original, lstm, samples, info, path, gap=4, title_room=11):
     canvas = torch.full((count * cell_h, len(columns) * cell_w), float("nan"))  # nan: white background
     fig, ax = plt.subplots(figsize=(1.1 * len(columns), 1.35 * count))
     for i in range(count):
-        titles = [f"original {info['labels'][i]}", f"MSE: {info['lstm_predicted'][i]}"]
+        titles = [f"original {info['labels'][i]}", f"MSE: {info['mse_predicted'][i]}"]
         titles += [str(p) for p in info["sampler_predicted"][i][:len(samples)]]
         for j, (column, title) in enumerate(zip(columns, titles)):
             top, left = i * cell_h + title_room, j * cell_w + gap // 2

@@ -106,22 +106,22 @@ def class_kept_per_digit(predicted, labels):
 def drawing_goals(tf_test, drawing):
     """P5's targets (common/goals.py): `tf_test`, the MSE drawer's teacher-forced test MSE, and `drawing`, the
     score_all of every completion; judged on the test set (the references also on the figures' examples)."""
-    lstm, samples, original = (drawing["test"][k] for k in ("lstm", "sampler", "original"))
+    mse_drawer, samples, original = (drawing["test"][k] for k in ("mse", "sampler", "original"))
     return {
         "teacher_forced_test_mse": target("p5.teacher_forced_test_mse", tf_test),
-        "mse_drawer_class_kept": target("p5.mse_drawer_class_kept", lstm["class_kept"]),
+        "mse_drawer_class_kept": target("p5.mse_drawer_class_kept", mse_drawer["class_kept"]),
         "sampler_class_kept": target("p5.sampler_class_kept", samples["class_kept"]),
         "sampler_best_of_k_below_mse_drawer": target(
-            "p5.sampler_best_of_k_below_mse_drawer", samples["best_of_k_bottom_mse"], bound=lstm["bottom_mse"],
+            "p5.sampler_best_of_k_below_mse_drawer", samples["best_of_k_bottom_mse"], bound=mse_drawer["bottom_mse"],
             compared_with="the MSE drawer's bottom-half MSE"),
         # distance of the samples' sharpness from the originals', below the MSE drawer's distance
         "sampler_sharpness_closer_to_originals": target(
             "p5.sampler_sharpness_closer_to_originals", abs(samples["sharpness"] - original["sharpness"]),
-            bound=abs(lstm["sharpness"] - original["sharpness"]), measure="|sharpness - the originals' sharpness|",
+            bound=abs(mse_drawer["sharpness"] - original["sharpness"]), measure="|sharpness - the originals' sharpness|",
             compared_with="the MSE drawer's"),
         # below both references on the same images: the LSTM's MSE over the better reference's, worst split
-        "lstm_mse_over_best_reference": target("p5.lstm_mse_over_best_reference", max(
-            s["lstm"]["bottom_mse"] / min(s["nearest_neighbour"]["bottom_mse"], s["mean_bottom"]["bottom_mse"])
+        "mse_drawer_over_best_reference": target("p5.mse_drawer_over_best_reference", max(
+            s["mse"]["bottom_mse"] / min(s["nearest_neighbour"]["bottom_mse"], s["mean_bottom"]["bottom_mse"])
             for s in drawing.values()))}
 
 
@@ -152,22 +152,22 @@ def completion_metrics(tf_test, drawing, predicted, labels, examples, ambiguous)
     them, the share of each digit kept, the figures' examples (indices) and the ambiguous top halves (their
     `ambiguous_record`); predicted: score_all's labels; labels: the test set's; tf_test: see drawing_goals."""
     return {"drawing": drawing, "goals": drawing_goals(tf_test, drawing),
-            "class_kept_per_digit": class_kept_per_digit(predicted["lstm"], labels),
+            "class_kept_per_digit": class_kept_per_digit(predicted["mse"], labels),
             "sampler_class_kept_per_digit": class_kept_per_digit(predicted["sampler"], labels),  # over all samples
             "examples": {"indices": examples.tolist(), "labels": labels[examples].tolist(),
-                         "lstm_predicted": predicted["lstm"][0, examples].tolist(),
+                         "mse_predicted": predicted["mse"][0, examples].tolist(),
                          "sampler_predicted": predicted["sampler"][0, examples].tolist()},
             "ambiguous": ambiguous}
 
 
 def summary(metrics):
     """One line on what P5's metrics say: the MSE drawer's teacher-forced and drawn scores, the sampling drawer's."""
-    lstm, samples, original = (metrics["drawing"]["test"][k] for k in ("lstm", "sampler", "original"))
+    mse_drawer, samples, original = (metrics["drawing"]["test"][k] for k in ("mse", "sampler", "original"))
     return (f"MSE drawer: teacher-forced test MSE {metrics['teacher_forced_mse']['test']:.4f}, bottom-half MSE "
-            f"{lstm['bottom_mse']:.4f}, class kept {lstm['class_kept']:.3f}; sampling drawer: best-of-{samples['k']} "
+            f"{mse_drawer['bottom_mse']:.4f}, class kept {mse_drawer['class_kept']:.3f}; sampling drawer: best-of-{samples['k']} "
             f"bottom-half MSE {samples['best_of_k_bottom_mse']:.4f}, class kept {samples['class_kept']:.3f}, "
             f"sharpness {samples['sharpness']:.3f} (originals {original['sharpness']:.3f}, MSE drawer "
-            f"{lstm['sharpness']:.3f})")
+            f"{mse_drawer['sharpness']:.3f})")
 
 
 def ambiguous_record(index, votes, labels, predicted, shown):
@@ -176,7 +176,7 @@ def ambiguous_record(index, votes, labels, predicted, shown):
     samples = predicted["sampler"][:shown, index].T.tolist()  # (count, shown)
     return {"indices": index.tolist(), "labels": labels[index].tolist(),
             "neighbour_votes": votes.tolist(),  # labels of the nearest training top halves, counted per class
-            "lstm_predicted": predicted["lstm"][0, index].tolist(), "sampler_predicted": samples,
+            "mse_predicted": predicted["mse"][0, index].tolist(), "sampler_predicted": samples,
             "sampler_classes_per_image": [len(set(p)) for p in samples]}
 
 

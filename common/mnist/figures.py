@@ -6,14 +6,21 @@ Each takes the metrics.json its script wrote (or a part of it) and the path of t
 from ..plot import plt, save_figure
 
 
-def plot_accuracy_vs_rank(metrics, path):
-    """P1: test accuracy (mean +- std over the seeds) of the rank-D network for every D, full rank included (drawn
-    at the hidden layers' width, or beyond the largest D when that is wider), and the dense baseline."""
+def rank_positions(metrics):
+    """The ranks of P1's metrics.json in order, where each sits on a log axis (full rank at the hidden layers' width,
+    or beyond the largest D when that is wider) and its tick label."""
     ranks = [d for d in metrics["ranks"] if d != "dense"]
     numeric = [int(d) for d in ranks if d != "full"]
     full_x = max([metrics["width"]] + [2 * d for d in numeric if d >= metrics["width"]])
     xs = [full_x if d == "full" else int(d) for d in ranks]
     labels = [f"full\n({metrics['width']})" if d == "full" else d for d in ranks]
+    return ranks, xs, labels
+
+
+def plot_accuracy_vs_rank(metrics, path):
+    """P1: test accuracy (mean +- std over the seeds) of the rank-D network for every D, full rank included, and the
+    dense baseline."""
+    ranks, xs, labels = rank_positions(metrics)
     base = metrics["baseline_test_acc"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.errorbar(xs, [100 * metrics["ranks"][d]["test_acc"]["mean"] for d in ranks],
@@ -30,15 +37,15 @@ def plot_accuracy_vs_rank(metrics, path):
 
 
 def plot_params_vs_rank(metrics, path):
-    """P1: parameters of the rank-D network against D, and the dense baseline's."""
-    numeric = [d for d in metrics["ranks"] if d not in ("dense", "full")]
+    """P1: parameters of the rank-D network against D, full rank included, and the dense baseline's."""
+    ranks, xs, labels = rank_positions(metrics)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([int(d) for d in numeric], [metrics["ranks"][d]["params"] for d in numeric], marker="o",
-            label="rank-D network")
+    ax.plot(xs, [metrics["ranks"][d]["params"] for d in ranks], marker="o", label="rank-D network")
     ax.axhline(metrics["ranks"]["dense"]["params"], color="k", ls="--", lw=1,
                label=f"baseline {metrics['ranks']['dense']['params']:,}")
     ax.set(xscale="log", yscale="log", xlabel="rank D", ylabel="parameters", title="P1: parameters against rank")
-    ax.set_xticks([int(d) for d in numeric], numeric)
+    ax.set_xticks(xs, labels)
+    ax.minorticks_off()
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -4,11 +4,11 @@ and machine), and P4's listening examples. Each function takes result files (com
 returns blocks (common.report_blocks); make_report.build puts them in order."""
 import statistics
 
+from ..speech.scores import LABELS
 from ..train import trained_seconds
 from .blocks import Audio, Figures, Listening, Text, minutes, pct, table
 from .results import existing, figure
 
-SYSTEMS = {"noisy": "noisy input", "fc": "FC", "gru": "GRU", "oracle_ibm": "oracle IBM", "clean": "clean"}
 
 
 def heading():
@@ -130,7 +130,7 @@ def listening(m):
                 for x in m["examples"][split] if x["file"] == e["file"]]
             heading = f"{e['file']} ({split}" + (", clean source withheld)" if split == "te" else ")")
             if heading not in [h for h, _ in groups]:
-                labels = [c.get("label") or SYSTEMS[c["system"]] for c in clips]
+                labels = [c.get("label") or LABELS[c["system"]] for c in clips]
                 kinds[split] += [label for label in labels if label not in kinds[split]]
                 groups.append((heading, [Audio(existing(m.file.parent / c["path"], m), label + (
                     "" if c.get("snr_db") is None else f": {c['snr_db']:.1f} dB")) for c, label in zip(clips, labels)]))
@@ -198,7 +198,7 @@ def p5_sampling(m):
     d, sampler, sc = m["drawing"], m["sampler"], m["sampler"]["config"]
     k = sampler["samples_per_image"]
     n_examples = len(m["examples"]["indices"])
-    names = [("lstm", "MSE drawer"), ("sampler", f"sampling drawer ({k} samples each)"),
+    names = [("mse", "MSE drawer"), ("sampler", f"sampling drawer ({k} samples each)"),
              ("nearest_neighbour", "nearest training image's bottom"), ("mean_bottom", "mean bottom half"),
              ("original", "original (no drawing)")]
     rows = [[label, f"{d['test'][n]['bottom_mse']:.4f}", f"{d['test'][n]['best_of_k_bottom_mse']:.4f}",
@@ -242,7 +242,7 @@ def p5_sampling(m):
         + "; ".join(f"digit {label}: {', '.join(map(str, p))}" for label, p in zip(amb["labels"],
                                                                                  amb["sampler_predicted"]))
         + f" (distinct classes per image: {', '.join(map(str, amb['sampler_classes_per_image']))}; the MSE "
-        f"drawer gives one completion each: {', '.join(map(str, amb['lstm_predicted']))}).\n\n" + ablation_text),
+        f"drawer gives one completion each: {', '.join(map(str, amb['mse_predicted']))}).\n\n" + ablation_text),
         figure(m, "side_by_side", "Originals, the MSE drawer's completions, one sample of the sampling drawer, "
                "nearest-neighbour and mean bottom halves; red: class changed."),
         Figures([figure(m, "completions", "The MSE drawer's completions."),

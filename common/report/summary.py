@@ -36,7 +36,7 @@ GOALS = {
                                               "(test)", (lambda x: f"{x:.4f}",) * 2, "the MSE drawer's"),
     "p5.sampler_sharpness_closer_to_originals": ("P5: distance of the samples' sharpness from the originals'",
                                                  (lambda x: f"{x:.3f}",) * 2, "the MSE drawer's"),
-    "p5.lstm_mse_over_best_reference": ("P5: the MSE drawer's bottom-half MSE over that of the better simple "
+    "p5.mse_drawer_over_best_reference": ("P5: the MSE drawer's bottom-half MSE over that of the better simple "
                                         "completion (the nearest training image's bottom half, or the mean bottom "
                                         "half), on the test set and on the shown examples, whichever is higher",
                                         (lambda x: f"{x:.2f}", plain)),

@@ -2,6 +2,7 @@
 noise) and one file's spectrograms with its ideal and predicted masks. Each is written beside metrics.json."""
 import numpy as np
 
+from .scores import LABELS
 from .stft import RATE, stft
 
 
@@ -11,7 +12,6 @@ def make_figures(metrics, v, masks, outputs, out):
     from ..plot import plt, save_figure
 
     history, systems = metrics["history"], metrics["v"]["systems"]
-    labels = {"gru": "GRU", "fc": "FC baseline", "noisy": "noisy input", "oracle_ibm": "oracle IBM"}
     colors = {"gru": "C0", "fc": "C1", "noisy": "0.5", "oracle_ibm": "k"}
     figures = {}
 
@@ -22,14 +22,14 @@ def make_figures(metrics, v, masks, outputs, out):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for kind in ("gru", "fc"):
         epochs, color = [h["epoch"] for h in history[kind]], colors[kind]
-        ax1.plot(epochs, [h["train_loss"] for h in history[kind]], color=color, marker=".", label=f"{labels[kind]} tr")
-        ax1.plot(epochs, [h["val_loss"] for h in history[kind]], color=color, ls="--", label=f"{labels[kind]} v")
-        ax2.plot(epochs, [h["val_snr"] for h in history[kind]], color=color, marker=".", label=labels[kind])
+        ax1.plot(epochs, [h["train_loss"] for h in history[kind]], color=color, marker=".", label=f"{LABELS[kind]} tr")
+        ax1.plot(epochs, [h["val_loss"] for h in history[kind]], color=color, ls="--", label=f"{LABELS[kind]} v")
+        ax2.plot(epochs, [h["val_snr"] for h in history[kind]], color=color, marker=".", label=LABELS[kind])
         best = metrics["models"][kind]["best_epoch"]
         ax2.plot([best], [history[kind][best - 1]["val_snr"]], "o", mfc="none", color=color, ms=9)
     for kind, ls in (("oracle_ibm", ":"), ("noisy", "-.")):
         mean = systems[kind]["snr_db"]["mean"]
-        ax2.axhline(mean, color=colors[kind], ls=ls, lw=1, label=f"{labels[kind]} {mean:.1f} dB")
+        ax2.axhline(mean, color=colors[kind], ls=ls, lw=1, label=f"{LABELS[kind]} {mean:.1f} dB")
     ax1.set(xlabel="epoch", ylabel="|X|-weighted BCE against the IBM", title="P4: loss (solid: tr, dashed: v)")
     ax2.set(xlabel="epoch", ylabel="mean SNR on v (dB)", title="P4: v SNR per epoch (circle: kept epoch)")
     for ax in (ax1, ax2):
@@ -43,7 +43,7 @@ def make_figures(metrics, v, masks, outputs, out):
     for kind in ("noisy", "fc", "gru", "oracle_ibm"):
         stat = systems[kind]["snr_db"]
         ax.hist(per_file[kind], bins=bins, histtype="step", lw=1.5, color=colors[kind],
-                label=f"{labels[kind]}: {stat['mean']:.2f} +- {stat['std']:.2f} dB")
+                label=f"{LABELS[kind]}: {stat['mean']:.2f} +- {stat['std']:.2f} dB")
     ax.set(xlabel="SNR of the recovered speech (dB)", ylabel="files",
            title=f"P4: SNR over the {len(v)} v files (mean +- std)")
     ax.set_ylim(top=1.4 * ax.get_ylim()[1])  # room for the legend
@@ -60,7 +60,7 @@ def make_figures(metrics, v, masks, outputs, out):
         which = np.clip(np.digitize(noisy_snr, edges) - 1, 0, len(edges) - 2)
         centres = [(edges[j] + edges[j + 1]) / 2 for j in range(len(edges) - 1) if (which == j).any()]
         means = [gain[which == j].mean() for j in range(len(edges) - 1) if (which == j).any()]
-        ax.plot(centres, means, color=colors[kind], marker="o", label=f"{labels[kind]} (mean per 2 dB of input)")
+        ax.plot(centres, means, color=colors[kind], marker="o", label=f"{LABELS[kind]} (mean per 2 dB of input)")
     ax.set(xlabel="input SNR of the mixture (dB)", ylabel="SNR gain (dB)", title="P4: SNR gain against input SNR (v)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -71,7 +71,7 @@ def make_figures(metrics, v, masks, outputs, out):
     kinds = ["noisy", "fc", "gru", "oracle_ibm"]
     positions = np.arange(len(by_noise["snr_db"]["gru"]))
     for j, kind in enumerate(kinds):
-        ax.bar(positions + (j - 1.5) * 0.2, by_noise["snr_db"][kind], width=0.2, color=colors[kind], label=labels[kind])
+        ax.bar(positions + (j - 1.5) * 0.2, by_noise["snr_db"][kind], width=0.2, color=colors[kind], label=LABELS[kind])
     ax.set_xticks(positions, [str(name) for name in by_noise["noise"][:len(positions)]], rotation=20)
     ax.set(ylabel="mean SNR on v (dB)", title="P4: v SNR by kind of noise (file number mod 10)")
     ax.axhline(0, color="k", lw=0.5)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from .audio import read_audio, sound_header, write_audio
 from .denoise import denoise
+from .scores import LABELS
 from .stft import RATE
 
-LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM",
-          "clean": "clean speech"}
 
 
 def example_indices(lengths, count=3):

@@ -11,6 +11,10 @@ from ..goals import mean_std, required, target
 from ..train import best_record, n_params, trained_seconds
 from .stft import RATE, si_sdr_db, snr_db
 
+# every system's name as figures, listening examples and the report show it
+LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM",
+          "clean": "clean speech"}
+
 
 def perceptual_scores(pair):
     """(STOI, wideband PESQ) of one estimate against its clean speech; PESQ is None where it finds no speech."""
@@ -24,7 +28,7 @@ def perceptual_scores(pair):
 def score_systems(clean, outputs):
     """{system: {metric: [value per file]}} for the outputs {system: [signal per file]} against `clean` [s per file].
 
-    PESQ is slow (13 ms per second of audio): more than ten minutes of audio are scored in two fresh processes
+    PESQ is slow: more than ten minutes of audio are scored in two fresh processes
     (spawned, not forked from this threaded one; starting them takes seconds), less in this one."""
     pairs = [(s, y) for name in outputs for s, y in zip(clean, outputs[name])]
     if sum(len(s) for s, _ in pairs) > 600 * RATE and (os.cpu_count() or 1) > 1:
