@@ -14,8 +14,7 @@ up to a pixel (accuracy), and a spectral-tail decay that pulls each weight's ene
 
 Writes results/p1/{metrics.json, config.json, *.png} and checkpoints/p1_baseline_seed{N}.pt,
 which P2, P3 and P5 load. A baseline whose checkpoint is finished and whose config is unchanged is
-reused, not retrained. The rank-D network (`compress`) and its counts (`cost`) are in common/svd.py,
-since P2 and P3 start from them too.
+reused, not retrained. P2 and P3 start from this script's SVD, rank-D network (`compress`) and counts (`cost`).
 """
 import time
 

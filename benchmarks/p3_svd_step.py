@@ -10,7 +10,7 @@ started from P1's baseline (seed 0), with P3's settings (rank, batch size, learn
                every --refresh-every steps (its cost is shown amortized over those steps too)
     no_oversampling   the tracker with a basis of exactly `rank` vectors and no refresh (for comparison)
 
-All methods run in the same process in interleaved rounds (common/timing.py: each round times one step of
+All methods run in the same process in interleaved rounds (benchmarks/timing.py: each round times one step of
 each method, in a rotating order), so a busy machine slows them alike; the median step is reported with its
 spread, and each method's ratio to the plain step is also taken per round.
 

@@ -6,7 +6,7 @@
 Every case runs side by side in one process on the same signal, with one thread: the streaming denoiser in
 memory (STFT + GRU + iSTFT, 1 s blocks and 0.1 s blocks), its three stages alone, and the whole command
 file to file, at 16 kHz mono and at 44.1 kHz stereo (resampled to 16 kHz and back, both channels denoised). The
-cases run in interleaved rounds (common/timing.py: a busy moment slows every case of its round alike); each
+cases run in interleaved rounds (benchmarks/timing.py: a busy moment slows every case of its round alike); each
 figure is the median over --repeats rounds, with its spread, as wall time and as this process's CPU time. Goal:
 <= 0.01 for the command on the 16 kHz wav, judged on CPU time (the steadier one on a shared machine: with one
 thread it cannot count time spent waiting for a core; on an idle machine the two agree); `goals` in

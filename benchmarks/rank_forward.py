@@ -2,13 +2,13 @@
 
 The homework says the rank-D network "can reduce the amount of computation". Its multiply-adds per image fall
 from 5.0 M (dense) to 0.22 M at rank 20, 23x fewer; this measures how much of that the CPU turns into time.
-For one trained baseline (P1's seed 0) and its rank-D networks (`common.svd.compress`, one SVD per layer),
+For one trained baseline (P1's seed 0) and its rank-D networks (p1_svd.compress, one SVD per layer),
 one forward pass under torch.inference_mode() at batch 1 (one image: latency) and batch 1000 (throughput):
 
     dense         the baseline MLP as trained (its own forward)
-    rank D        P1's rank-D network (LowRankMLP) for every D
+    rank D        P1's rank-D network for every D, through its fast inference path (common/mnist/fused.py)
 
-All variants of a batch size run in interleaved rounds (common/timing.py), so a busy moment slows them alike;
+All variants of a batch size run in interleaved rounds (benchmarks/timing.py), so a busy moment slows them alike;
 every figure is the median over the rounds with its spread, and each speed-up is computed per round, then
 summarised. The whole measurement runs twice (two passes): the second pass says whether the figures reproduce
 within their spread.

@@ -11,7 +11,7 @@ trained by the project's own loop (`common.train.fit`, data path included) for a
 
 For each: milliseconds per step and per epoch (steps of one epoch of the real training set) in fp32 and under the
 default policy (`--precision auto`: bf16 autocast where the CPU has bf16 matrix instructions, else fp32), timed
-in interleaved rounds (common/timing.py); the matrix-product FLOPs of one step (counted by torch's FlopCounterMode,
+in interleaved rounds (benchmarks/timing.py); the matrix-product FLOPs of one step (counted by torch's FlopCounterMode,
 the LSTM's computed from its shape) and the GFLOP/s they achieve, against the matmul peak of each precision
 measured in the same run. On a CPU without bf16 instructions bf16 is emulated, thousands of times slower: its peak
 is measured on a small product and no training step is run in it.

@@ -69,7 +69,7 @@ def test_stft_is_librosas_on_whole_hops_and_inverts(length):
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
     X = dsp.stft(x)
     assert X.shape == (1 + -(-length // HOP), BINS) and X.dtype == np.complex64
-    padded = np.pad(x, (0, -length % HOP))  # ours pads to whole hops first (see common/audio.py)
+    padded = np.pad(x, (0, -length % HOP))  # ours pads to whole hops first (see common/speech/stft.py)
     np.testing.assert_allclose(X, librosa.stft(padded, n_fft=1024, hop_length=512, window="hann").T, atol=2e-4)
     np.testing.assert_allclose(dsp.istft(X, length), x, atol=1e-5)
 

@@ -1,7 +1,7 @@
 """The homework's MNIST classifier (784 -> 5 x 1024 ReLU -> 10), shared by P1, P2, P3 and P5.
 
 P1 trains it (the "baseline") and saves it to checkpoints/p1_baseline_seed{seed}.pt; P2 and P3
-start from it and fine-tune it (common/finetune.py), and P5 uses it to check that drawn digits keep their class.
+start from it and fine-tune it (common/mnist/finetune.py), and P5 uses it to check that drawn digits keep their class.
 """
 from pathlib import Path
 
