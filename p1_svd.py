@@ -148,8 +148,8 @@ def train_baseline(seed, data, flags, args, device, name="baseline"):
     history = train_or_reuse(model, loss, TensorDataset(*data["train"]), validate=validate, monitor="val_acc",
                              mode="max", warmup=0.15, epochs=flags["epochs"], batch_size=flags["batch_size"],
                              lr=flags["lr"], weight_decay=flags["weight_decay"], seed=seed, ckpt_path=ckpt,
-                             config=config, resume=args.resume, device=device, precision=args.precision,
-                             desc=f"p1 {name} seed {seed}", quiet=args.quiet)
+                             config=config, resume=args.resume, overwrite=args.overwrite, device=device,
+                             precision=args.precision, desc=f"p1 {name} seed {seed}", quiet=args.quiet)
     return model, history
 
 

@@ -338,8 +338,8 @@ def train_masker(kind, args, flags, sentences, noise, stats, v, fingerprint, dev
         validate=lambda m: validation_numbers(m, v, config["loss_power"]), monitor="val_snr", mode="max", warmup=0.1,
         epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"], weight_decay=config["weight_decay"],
         seed=config["seed"], clip_grad=1.0, collate_fn=pad_batch, ckpt_path=args.ckpt_dir / f"p4_{name or kind}.pt",
-        config=config, resume=args.resume, device=device, precision=config["precision"], desc=f"p4 {name or kind}",
-        quiet=args.quiet)
+        config=config, resume=args.resume, overwrite=args.overwrite, device=device, precision=config["precision"],
+        desc=f"p4 {name or kind}", quiet=args.quiet)
     return model.eval(), config, history
 
 

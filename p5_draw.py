@@ -47,8 +47,8 @@ from common.goals import target
 from common.mnist.data import load_mnist
 from common.mnist.mlp import load_baseline
 from common.precision import add_precision_flag, full_precision, machine, resolve_precision
-from common.train import (evaluate, init_distributed, is_main, load_checkpoint, load_finished, n_params,
-                          seed_everything, train_or_reuse, trained_seconds, world)
+from common.train import (evaluate, init_distributed, is_main, load_checkpoint, n_params, prior_run, seed_everything,
+                          train_or_reuse, trained_seconds, world)
 
 PATCH = 7                # patches are PATCH x PATCH pixels
 PIXELS = PATCH * PATCH   # 49 values per patch
@@ -303,7 +303,7 @@ def make_drawer(config):
     return MSEDrawer(*shape) if config["kind"] == "mse" else SamplingDrawer(*shape, config["components"])
 
 
-def train_drawer(config, path, *, data, device, resume=False, quiet=False):
+def train_drawer(config, path, *, data, device, resume=False, overwrite=False, quiet=False):
     """Train the drawer of `config` (kind "mse": the MSE drawer; "sampler": the sampling drawer) unless a finished run
     with the same config is at `path`; returns its history. The kept weights are the checkpoint's (load_drawer).
 
@@ -323,7 +323,8 @@ def train_drawer(config, path, *, data, device, resume=False, quiet=False):
                           monitor=monitor, mode="min", patience=config["patience"], warmup=0, epochs=config["epochs"],
                           batch_size=config["batch_size"], lr=config["lr"], weight_decay=0.0, seed=config["seed"],
                           clip_grad=config["clip_grad"] or None, ckpt_path=path, config=config, resume=resume,
-                          device=device, precision=config["precision"], desc=f"p5 {config['kind']}", quiet=quiet)
+                          overwrite=overwrite, device=device, precision=config["precision"], desc=f"p5 {config['kind']}",
+                          quiet=quiet)
 
 
 def load_drawer(path, config, device):
@@ -341,9 +342,11 @@ def train_drawers(configs, data, args, device):
     ablation = ablation_configs(configs["mse"], ABLATION, args.ablation_epochs) if args.ablation else {}
     jobs = {**configs, **{f"ablation_{name}": config for name, config in ablation.items()}}
     paths = {name: args.ckpt_dir / f"p5_{name}_seed{args.seed}.pt" for name in jobs}
-    to_train = sum(load_finished(paths[name], config) is None for name, config in jobs.items())
+    plans = [prior_run(paths[name], config, args.resume, args.overwrite)[0] for name, config in jobs.items()]
+    to_train = sum(plan != "reuse" for plan in plans)  # (a checkpoint a run may not replace: refused now)
     workers = args.jobs if to_train > 1 and device.type == "cpu" and world()[1] == 1 else 1
-    train = functools.partial(train_drawer, data=data, device=device, resume=args.resume, quiet=args.quiet)
+    train = functools.partial(train_drawer, data=data, device=device, resume=args.resume, overwrite=args.overwrite,
+                              quiet=args.quiet)
     histories = dict(zip(jobs, run_jobs(train, [(config, paths[name]) for name, config in jobs.items()], workers,
                                         args.threads)))
     if args.ablation:

@@ -3,6 +3,7 @@ model, the device, and stopping on SIGINT / SIGTERM."""
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -14,33 +15,95 @@ class UserError(Exception):
     exit_code = 2
 
 
-class Stopped(UserError):
-    """SIGINT or SIGTERM outside a training loop (which checkpoints and raises its own Interrupted instead)."""
-
-    def __init__(self, signum):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; nothing half-written was left behind")
-        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_stopped(signum, frame):
-    raise Stopped(signum)
+class Stopped(BaseException):
+    """SIGINT or SIGTERM: the job stops, with its own one-line message and the shell's exit code (130 for SIGINT,
+    143 for SIGTERM). A BaseException, so that no `except Exception` can take a stop for a bad file."""
+
+    def __init__(self, signum, message=None):
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}; nothing half-written was left behind")
+
+    def __reduce__(self):  # a job in another process sends its stop back whole (common/drawing/processes.py)
+        return type(self), (self.signum, str(self))
+
+
+# How a signal stops the job: outside a deferred scope its handler raises Stopped at once (every file being written
+# to a temporary name is then removed on the way out, see `atomic_path`); inside one (a training step, a
+# validation, a checkpoint write) it is only recorded, and the stop is raised at the scope's end or where the code
+# asks for it (`stop_requested`). Once a stop is under way, further signals change nothing.
+_stop = {"deferred": 0, "pending": None, "under_way": False}
+
+
+def _on_signal(signum, frame):
+    if _stop["under_way"] or _stop["pending"] is not None:
+        return
+    if _stop["deferred"]:
+        _stop["pending"] = signum
+    else:
+        _stop["under_way"] = True
+        raise Stopped(signum)
+
+
+def install_stop_handlers():
+    """SIGINT and SIGTERM stop the job (see above); returns the handlers they had, for `restore_handlers`."""
+    _stop.update(deferred=0, pending=None, under_way=False)
+    return {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
+
+
+def restore_handlers(before):
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def stop_requested():
+    """The signal a deferred scope recorded (its number), or None."""
+    return _stop["pending"]
+
+
+class stops_deferred:
+    """A block in which SIGINT / SIGTERM are only recorded, so that a unit of work finishes whole; at the end of the
+    outermost such block a recorded signal raises Stopped (a Stopped raised inside, such as fit's Interrupted,
+    goes on as it is). Outside `run_cli` (a library call in the main thread) it installs the handlers for the
+    block, so a training stopped there checkpoints too."""
+
+    def __enter__(self):
+        ours = signal.getsignal(signal.SIGINT) is _on_signal
+        main = threading.current_thread() is threading.main_thread()
+        self.before = install_stop_handlers() if main and not ours and not _stop["deferred"] else None
+        _stop["deferred"] += 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _stop["deferred"] -= 1
+        signum = None
+        if not _stop["deferred"]:
+            signum, _stop["pending"] = _stop["pending"], None
+        if exc_type is not None and issubclass(exc_type, Stopped):
+            _stop["under_way"], signum = True, None
+        if self.before is not None:
+            restore_handlers(self.before)
+        if signum is not None:
+            _stop["under_way"] = True
+            raise Stopped(signum) from exc
+        return False
 
 
 def run_cli(main):
     """Run `main()` and turn a UserError into `error: ...` on stderr and exit code 2, never a traceback.
 
-    SIGINT and SIGTERM end the program the same way, with the shell's codes 130 and 143: they raise an exception,
-    so every file being written to a temporary name is removed on the way out (see `atomic_path`).
+    SIGINT and SIGTERM end the program with their own one line (Stopped) and the shell's codes 130 and 143.
     """
-    before = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = install_stop_handlers()
     try:
         main()
-    except UserError as e:
+    except (UserError, Stopped) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     finally:
-        for sig, handler in before.items():  # called in-process (a test), the caller gets its handlers back
-            signal.signal(sig, handler)
+        restore_handlers(before)  # called in-process (a test), the caller gets its handlers back
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -113,13 +176,17 @@ class TrainingFlags:
 
 
 def add_common_args(parser, out):
-    """The flags every script shares: output folder, checkpoints, device, seeds, resume, dry run."""
+    """The flags every script shares: output folder, checkpoints, device, resume or overwrite, dry run."""
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where metrics.json and figures go (default: {out}, or runs/dry-run/... with --dry-run)")
     parser.add_argument("--ckpt-dir", type=Path, default=None,
                         help="where checkpoints go (default: checkpoints/, or runs/dry-run/checkpoints with --dry-run)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    again = parser.add_mutually_exclusive_group()  # what a run does with a checkpoint it would otherwise refuse
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train anew and replace the checkpoints this run writes (never a read-only one); without "
+                            "it, a checkpoint of other settings or an unfinished one is refused, not replaced")
     parser.add_argument("--dry-run", action="store_true", help="a tiny run in seconds, to check that everything works")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -1,8 +1,10 @@
 """Files: the repository root, writes that never leave half a file, the JSON results every run writes and reads
 back, and the output folders of a run."""
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,22 @@ from .cli import UserError
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def file_kind(path):
+    """What `path` is: 'file', 'missing', 'a folder', 'a FIFO', 'a device' or 'a socket'. A path that cannot be
+    looked at (a folder on the way the user may not search, a symbolic link loop, a name too long) is a UserError
+    naming it: `Path.exists()` would raise a PermissionError or say 'not found'."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as e:
+        why = {errno.ELOOP: "it is a symbolic link loop", errno.ENAMETOOLONG: "a name in it is too long (at most 255 "
+               "bytes)", errno.EACCES: "permission denied (a folder on the way cannot be searched)"}
+        raise UserError(f"cannot use {path}: {why.get(e.errno, e.strerror)}") from None
+    return ("file" if stat.S_ISREG(mode) else "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
 
 
 def resolve_dirs(args, name):
@@ -26,12 +44,18 @@ def resolve_dirs(args, name):
             raise UserError(f"cannot create output folder {d}: {e.strerror}; pass a writable --out/--ckpt-dir")
         if not os.access(d, os.W_OK):
             raise UserError(f"output folder {d} is not writable; pass a writable --out/--ckpt-dir")
+    for name in ("metrics.json", "config.json"):  # checked now, not after the training
+        writable_target(args.out / name)
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success move it into place, so readers never see half a file."""
+    """Yield a temporary path beside `path`; on success move it into place, so readers never see half a file.
+
+    A file it replaces keeps its permissions; a read-only one, or a folder (or FIFO, ...) at `path`, is a one-line
+    error before anything is written."""
     path = Path(path)
+    mode = writable_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,12 +64,29 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give them the usual mode
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, mode)  # mkstemp makes files private (0600); give them the usual mode, or the old file's
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def writable_target(path):
+    """The mode a file written to `path` gets (the old file's, if one is there), or a UserError: `path` is a
+    folder or another non-file, or a read-only file (which is never replaced)."""
+    kind = file_kind(path)
+    if kind == "missing":
+        return 0o666 & ~_UMASK
+    if kind != "file":
+        raise UserError(f"cannot write {path}: it is {kind}; remove it or choose another name")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o222:
+        raise UserError(f"{path} is read-only, and it is never replaced; make it writable or choose another place")
+    return mode
 
 
 def save_json(path, obj):

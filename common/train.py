@@ -24,7 +24,6 @@ import math
 import os
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -35,8 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from .cli import UserError
-from .files import atomic_path
+from .cli import Stopped, UserError, stop_requested, stops_deferred
+from .files import atomic_path, file_kind
 from .precision import autocast
 
 
@@ -133,11 +132,13 @@ def save_checkpoint(path, **state):
 def load_checkpoint(path, config=None):
     """torch.load(weights_only=True) with one-line errors; if `config` is given it must match the file's."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} not found")
+    kind = file_kind(path)
+    if kind != "file":  # a FIFO would block torch.load for ever
+        raise UserError(f"checkpoint {path} not found" if kind == "missing" else
+                        f"checkpoint {path} is {kind}, not a file; remove it or use another --ckpt-dir")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, not a checkpoint, or holds non-tensor objects
+    except Exception as e:  # corrupt, truncated, not a checkpoint, or holds non-tensor objects (a stop is no Exception)
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason}); delete it and run again")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -169,16 +170,38 @@ def describe_diff(old, new):
     return f"{was} but this run asks for {now}"
 
 
-def load_finished(path, config):
-    """The checkpoint at `path` if a finished run with exactly this config wrote it, else None.
-
-    This is how a re-run of the main job reuses trained models instead of training them again.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
+def prior_run(path, config, resume=False, overwrite=False):
+    """What a training run whose checkpoint goes to `path` does with the file it finds there, decided before it
+    trains: ("train", None) when there is none or with `overwrite`; ("reuse", ckpt) for a finished run of exactly
+    `config`; ("resume", ckpt) for an unfinished one of `config` with `resume`. Anything else would destroy a trained
+    model without a word, so it is a one-line error that says what differs and names the ways on (--resume,
+    --overwrite). A read-only checkpoint is never replaced."""
+    kind = file_kind(path)
+    if kind == "missing":
+        return "train", None
+    if kind != "file":
+        raise UserError(f"checkpoint {path} is {kind}, not a file; remove it or use another --ckpt-dir")
+    read_only = not os.stat(path).st_mode & 0o222
+    if overwrite:
+        if read_only:
+            raise UserError(f"{path} is read-only, and --overwrite never replaces a read-only checkpoint; make it "
+                            f"writable or use another --ckpt-dir")
+        return "train", None
     ckpt = load_checkpoint(path)
-    return ckpt if ckpt.get("done") and ckpt.get("config") == config else None
+    done = "finished" if ckpt.get("done") else f"unfinished ({ckpt.get('epoch', 0)} epochs done)"
+    if ckpt.get("config") != config:
+        way_on = ("it is read-only, so it is kept: use another --ckpt-dir" if read_only else
+                  "pass --overwrite to replace it, or use another --ckpt-dir")
+        raise UserError(f"{path} holds a {done} run with other settings: {describe_diff(ckpt.get('config'), config)}"
+                        f"; {way_on}")
+    if ckpt.get("done"):
+        return "reuse", ckpt
+    if not resume:
+        raise UserError(f"{path} holds an {done} run of these settings; continue it with --resume, or start it over "
+                        f"with --overwrite")
+    if read_only:
+        raise UserError(f"{path} is read-only, so --resume cannot continue it; make it writable")
+    return "resume", ckpt
 
 
 def best_weights(ckpt):
@@ -264,44 +287,19 @@ def evaluate(model, dataset, metric_fn, batch_size=1000, device="cpu", collate_f
 
 # ----------------------------------------------------------------------------- training
 
-class Interrupted(UserError):
-    """SIGINT/SIGTERM arrived; the checkpoint was saved and --resume continues the run."""
-
-    exit_code = 130  # the shell's convention for "stopped by a signal"
+class Interrupted(Stopped):
+    """SIGINT/SIGTERM stopped a training: the step (or the validation) it was in finished, the checkpoint was saved,
+    and --resume continues the run."""
 
 
 class NonFiniteLoss(UserError):
-    """The loss became nan/inf; the last good checkpoint was kept."""
-
-
-class _StopFlag:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (so a checkpoint can be written)."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __enter__(self):
-        self.old = {}
-        if _in_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread():
-    return threading.current_thread() is threading.main_thread()
+    """The loss became nan/inf; the last good checkpoint, if any, was kept."""
 
 
 def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, validate=None,
         monitor=None, mode="max", scheduler=None, patience=None, clip_grad=None, collate_fn=None,
-        ckpt_path=None, resume=False, config=None, device="cpu", precision="fp32", desc="train", quiet=False):
+        ckpt_path=None, resume=False, overwrite=False, config=None, device="cpu", precision="fp32", desc="train",
+        quiet=False):
     """Train `model` on `train_set` and return the history (a list of per-epoch dicts).
 
     loss_fn(model, batch) -> loss; validate(model) -> dict of numbers, after every epoch.
@@ -310,6 +308,8 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
     patience: stop after that many epochs without improvement. batch_size is the global batch:
     under torchrun each of N ranks takes batch_size / N. precision: "fp32", or "bf16" for the forward pass and
     the loss under bf16 autocast (see `resolve_precision`; the caller's config should record it).
+    ckpt_path, config, resume, overwrite: what the run does with a checkpoint already there, see `prior_run`.
+    SIGINT / SIGTERM stop it after the step or the validation it is in, with the checkpoint saved (Interrupted).
     """
     rank, size = world()
     if batch_size % size:
@@ -323,8 +323,9 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
 
     state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "best_score": -math.inf,
              "best_epoch": -1, "best_model": None, "bad_epochs": 0, "done": False}
-    if resume and ckpt_path is not None and Path(ckpt_path).exists():
-        ckpt = load_checkpoint(ckpt_path, config=config)
+    saved = None  # the checkpoint of this run, once there is one
+    plan, ckpt = prior_run(ckpt_path, config, resume, overwrite) if ckpt_path is not None else ("train", None)
+    if plan != "train":  # "resume", or "reuse": a finished run with this config (its loop below does nothing)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
@@ -333,17 +334,26 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
             loss_fn.load_state_dict(ckpt["loss"])
         _set_rng_state(ckpt["rng"])
         state.update({k: ckpt[k] for k in state})
-        if is_main() and not quiet:
+        saved = ckpt_path
+        if plan == "resume" and is_main() and not quiet:
             print(f"[{desc}] resuming from {ckpt_path} at epoch {state['epoch']} step {state['step']}")
 
     def checkpoint():
+        nonlocal saved
         save_checkpoint(ckpt_path, config=config, model=unwrap(net).state_dict(),
                         optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict() if scheduler is not None else None,
                         loss=loss_fn.state_dict() if isinstance(loss_fn, torch.nn.Module) else None,
                         rng=_rng_state(), **state)
+        saved = ckpt_path
 
-    with _StopFlag() as stop:
+    def interrupted(where):
+        signum = stop_requested()
+        kept = f"checkpoint saved to {saved}, continue with --resume" if saved else "no checkpoint was written"
+        return Interrupted(signum, f"[{desc}] {signal.Signals(signum).name} {where}; {kept}")
+
+    # a signal is only recorded while a step, a validation or a checkpoint write runs, and stops the run between them
+    with stops_deferred():
         while state["epoch"] < epochs and not state["done"]:
             epoch, started = state["epoch"], time.perf_counter()
             sampler.set_epoch(epoch)
@@ -358,8 +368,9 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
                 with autocast(precision, device):
                     loss = loss_fn(net, batch)
                 if not torch.isfinite(loss):
+                    kept = f"the last good checkpoint is kept: {saved}" if saved else "no checkpoint was written"
                     raise NonFiniteLoss(f"[{desc}] loss became {loss.item()} at epoch {epoch + 1} step {step}; "
-                                        f"lower the learning rate (last good checkpoint kept: {ckpt_path})")
+                                        f"lower the learning rate or check the training data ({kept})")
                 loss.backward()
                 if clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
@@ -368,12 +379,11 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
                     scheduler.step()
                 state["step"], state["loss_sum"] = step + 1, state["loss_sum"] + loss.item()
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-                if stop.signal:
+                if stop_requested():
                     state["seconds"] += time.perf_counter() - started
                     if ckpt_path is not None:
                         checkpoint()
-                    raise Interrupted(f"[{desc}] {stop.signal} at epoch {epoch + 1} step {step + 1}; "
-                                      f"checkpoint saved to {ckpt_path}, continue with --resume")
+                    raise interrupted(f"at epoch {epoch + 1} step {step + 1}")
             bar.close()
 
             train_loss = torch.tensor(state["loss_sum"] / max(state["step"], 1), dtype=torch.float64)
@@ -401,6 +411,8 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
                                                for k, v in record.items()), flush=True)
             if ckpt_path is not None:
                 checkpoint()
+            if stop_requested():  # it came during the validation or the checkpoint write, which finished first
+                raise interrupted(f"after epoch {epoch + 1}" + (" (the last: the run is finished)" * state["done"]))
 
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
@@ -420,10 +432,11 @@ def best_record(history, monitor, mode="max"):
 
 def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", warmup, epochs, batch_size, lr,
                    weight_decay, seed, patience=None, clip_grad=None, collate_fn=None, ckpt_path, config,
-                   resume=False, device="cpu", precision="fp32", desc="train", quiet=False):
+                   resume=False, overwrite=False, device="cpu", precision="fp32", desc="train", quiet=False):
     """Train `model` with `fit`, or reuse the finished run at `ckpt_path` if it was made with exactly `config`.
 
-    Reuse: `model` gets that run's best weights and its history is returned; nothing trains.
+    Reuse: `model` gets that run's best weights and its history is returned; nothing trains. Any other checkpoint
+    there is continued (`resume`), replaced (`overwrite`), or refused with a one-line error (see `prior_run`).
     Training: AdamW(lr, weight_decay) (fused where available, see `adamw`) with a learning rate that changes every step over
     epochs * ceil(len(train_set) / batch_size) steps:
         warmup > 0: one-cycle, `warmup` of the steps rising from lr / 25 to lr, then cosine down to lr / 25e4;
@@ -441,8 +454,8 @@ def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", 
                                  ckpt_path=path, config=config, device=device)
     Returns the history (a list of per-epoch dicts); `model` ends holding the best epoch's weights, in eval mode.
     """
-    done = load_finished(ckpt_path, config)
-    if done is not None:
+    plan, done = prior_run(ckpt_path, config, resume, overwrite)
+    if plan == "reuse":
         model.load_state_dict(best_weights(done))
         if is_main():
             print(f"[{desc}] reusing the finished run {ckpt_path} (same config)")
@@ -457,7 +470,7 @@ def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", 
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history = fit(model, loss_fn, optimizer, train_set, epochs=epochs, batch_size=batch_size, seed=seed,
                   validate=validate, monitor=monitor, mode=mode, scheduler=scheduler, patience=patience,
-                  clip_grad=clip_grad, collate_fn=collate_fn, ckpt_path=ckpt_path, resume=resume, config=config,
-                  device=device, precision=precision, desc=desc, quiet=quiet)
+                  clip_grad=clip_grad, collate_fn=collate_fn, ckpt_path=ckpt_path, resume=resume, overwrite=overwrite,
+                  config=config, device=device, precision=precision, desc=desc, quiet=quiet)
     model.eval()
     return history

@@ -1,6 +1,13 @@
 """Problem 5: patches round trip, the drawing loop (top half kept, predictions fed back), references, the script."""
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +22,7 @@ from common.mnist.data import load_mnist
 from common.train import load_checkpoint
 from p5_draw import (SamplingDrawer, MSEDrawer, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,
                      with_position)
-from conftest import AUTO_PRECISION, copy_checkpoints, read_json, run_main
+from conftest import AUTO_PRECISION, ROOT, copy_checkpoints, read_json, run_main
 
 
 # ----------------------------------------------------------------------------- patches
@@ -357,6 +364,115 @@ def test_jobs_in_turn_run_in_order_on_their_threads():
     assert run_jobs(seeded_numbers, [(3,), (5,)], threads=1) == [seeded_numbers(3)[:1] + (1,),
                                                                    seeded_numbers(5)[:1] + (1,)]
     assert torch.get_num_threads() == threads
+
+
+def marked(mark):
+    """The processes alive whose environment holds HW3_TEST_MARK=mark: a run's parent, its jobs' processes and
+    multiprocessing's resource tracker (all inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+                if f"HW3_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                pass
+    return found
+
+
+def children(pid):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                pass
+    return found
+
+
+def start_marked(*args):
+    """`python *args` from the repo root in a session of its own, every process it starts marked: (Popen, mark)."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, start_new_session=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "HW3_TEST_MARK": mark},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, mark
+
+
+def wait_for(condition, what, seconds=120):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"{what} never happened"
+        time.sleep(0.02)
+
+
+def assert_nothing_left(mark):
+    """Every process of the run is gone within seconds: no job, no resource tracker outlives it."""
+    deadline = time.time() + 30
+    while marked(mark) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not marked(mark), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in marked(mark)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the run's processes in /proc")
+@pytest.mark.slow  # three interpreters per case, 10-20 s each on 2 busy cores
+@pytest.mark.parametrize("moment, sig, group", [
+    ("start", signal.SIGTERM, False),  # while the two processes start (before they could handle a signal)
+    ("start", signal.SIGINT, True),    # Ctrl-C in a terminal: the whole process group
+    ("training", signal.SIGTERM, False),
+    ("training", signal.SIGINT, True)])
+def test_a_signal_at_any_moment_stops_side_by_side_jobs_cleanly(tmp_path, moment, sig, group):
+    """One line with the stop's own code, no traceback, no process left; in training each job saves its checkpoint,
+    and --resume then ends with the numbers of an uninterrupted run."""
+    proc, mark = start_marked("tests/tiny_jobs.py", tmp_path / "ckpt", tmp_path / "out.pt", "--jobs", "2")
+    if moment == "start":
+        wait_for(lambda: len(children(proc.pid)) >= 3, "the start of both jobs")  # the resource tracker, 2 jobs
+    else:
+        wait_for(lambda: (tmp_path / "ckpt" / "job0.pt").exists(), "a checkpoint")
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 128 + sig and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and not (tmp_path / "out.pt").exists()
+    assert_nothing_left(mark)
+    if moment == "training":
+        assert lines[0].count("checkpoint saved") == 2 and "[job 0]" in lines[0] and "[job 1]" in lines[0], err
+        resumed, _ = start_marked("tests/tiny_jobs.py", tmp_path / "ckpt", tmp_path / "out.pt", "--jobs", "2",
+                                  "--resume")
+        plain, _ = start_marked("tests/tiny_jobs.py", tmp_path / "plain", tmp_path / "plain.pt", "--jobs", "2",
+                                "--step-seconds", "0")
+        assert resumed.wait(300) == 0 and plain.wait(300) == 0
+        for (losses, weights), (plain_losses, plain_weights) in zip(torch.load(tmp_path / "out.pt"),
+                                                                    torch.load(tmp_path / "plain.pt")):
+            assert losses == plain_losses and all(torch.equal(weights[k], plain_weights[k]) for k in weights)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the run's processes in /proc")
+@pytest.mark.slow  # three interpreters, 10-20 s on 2 busy cores
+def test_jobs_stop_when_their_parent_is_killed(tmp_path):
+    """SIGKILL of the parent: its jobs notice, save their checkpoints and exit; nothing is left running."""
+    proc, mark = start_marked("tests/tiny_jobs.py", tmp_path / "ckpt", tmp_path / "out.pt", "--jobs", "2")
+    wait_for(lambda: (tmp_path / "ckpt" / "job0.pt").exists(), "a checkpoint")
+    proc.kill()
+    proc.wait()
+    assert_nothing_left(mark)
+    assert all(not load_checkpoint(tmp_path / "ckpt" / f"job{k}.pt")["done"] for k in range(2))
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the run's processes in /proc")
+@pytest.mark.slow  # P5's dry run with its two training processes
+def test_p5_stopped_while_its_training_processes_start(dry_p1, tmp_path):
+    proc, mark = start_marked("p5_draw.py", "--dry-run", "--quiet", "--out", tmp_path / "out", "--ckpt-dir",
+                              copy_checkpoints(dry_p1[1], tmp_path / "ckpt"))
+    wait_for(lambda: len(children(proc.pid)) >= 3, "the start of both drawers' processes")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()
+    assert_nothing_left(mark)
 
 
 def seeded_numbers(seed):

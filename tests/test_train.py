@@ -1,5 +1,10 @@
-"""The shared training loop: exact resume after SIGKILL and SIGINT, non-finite loss, checkpoint safety,
-train-or-reuse, and every problem's model trained for two steps in bf16."""
+"""The shared training loop: exact resume after SIGKILL, SIGINT and SIGTERM (in a step or a validation), non-finite
+loss, checkpoint safety (a stop while loading, a FIFO, never replaced silently), train-or-reuse, and every problem's
+model trained for two steps in bf16."""
+import os
+import signal
+import stat
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -10,7 +15,7 @@ import p5_draw as p5
 import tiny_fit
 from common.cli import UserError
 from common.mnist.mlp import MLP, classification_loss
-from common.train import load_checkpoint, save_checkpoint, train_or_reuse
+from common.train import load_checkpoint, prior_run, save_checkpoint, train_or_reuse
 from p1_svd import svd
 from conftest import run_main, run_script
 
@@ -51,22 +56,91 @@ def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, capsys, kill
     assert_same_run(final(out), uninterrupted)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_signal_saves_mid_epoch_and_resume_is_bit_exact(uninterrupted, tmp_path, capsys, sig):
+@pytest.mark.parametrize("sig, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_mid_epoch_and_resume_is_bit_exact(uninterrupted, tmp_path, capsys, sig, exit_code):
     ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
     code, err = fit_in_process(ckpt, out, "--kill-at", "2:4", "--signal", sig, capsys=capsys)
-    assert code == 130 and err.count("\n") == 1 and "--resume" in err, err
+    assert code == exit_code and err.count("\n") == 1 and f"{sig} at epoch 2 step 5" in err and "--resume" in err, err
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"]) == (1, 5)  # it finished the step it was in, then saved
     assert fit_in_process(ckpt, out, "--resume", capsys=capsys)[0] == 0
     assert_same_run(final(out), uninterrupted)
 
 
+@pytest.mark.parametrize("epoch", [3, 6])  # in the middle, and in the last epoch (the run is then finished)
+def test_sigterm_during_validation_stops_the_job_after_saving_that_epoch(uninterrupted, tmp_path, capsys, epoch):
+    ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
+    code, err = fit_in_process(ckpt, out, "--kill-in-validation", str(epoch), "--signal", "SIGTERM", capsys=capsys)
+    assert code == 143 and err.count("\n") == 1 and f"SIGTERM after epoch {epoch}" in err and "--resume" in err, err
+    assert not out.exists()  # the job stopped: nothing after fit ran
+    state = load_checkpoint(ckpt)
+    assert (state["epoch"], state["step"], state["done"]) == (epoch, 0, epoch == 6)
+    assert fit_in_process(ckpt, out, "--resume", capsys=capsys)[0] == 0
+    assert_same_run(final(out), uninterrupted)
+
+
+def test_a_stop_while_a_checkpoint_loads_is_a_stop_not_a_bad_file(tmp_path, capsys, monkeypatch):
+    """The stop's own message and code, never "delete it": the file is good."""
+    save_checkpoint(tmp_path / "c.pt", model={"w": torch.ones(3)})
+    load = torch.load
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C would, in the middle of the load
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", interrupted_load)
+    code, err = run_main(lambda argv: load_checkpoint(tmp_path / "c.pt"), [], capsys)
+    assert code == 130 and err == "error: stopped by SIGINT; nothing half-written was left behind\n", err
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "c.pt")["model"]["w"].sum() == 3
+
+
+def test_a_fifo_or_a_folder_at_a_checkpoint_path_is_one_line_never_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "folder.pt").mkdir()
+    for name, kind in (("fifo.pt", "a FIFO"), ("folder.pt", "a folder")):
+        for check in (lambda path: load_checkpoint(path), lambda path: prior_run(path, {})):
+            with pytest.raises(UserError, match=f"{name} is {kind}, not a file"):
+                check(tmp_path / name)
+
+
+def test_a_trained_model_is_never_replaced_silently(tmp_path):
+    """A checkpoint of other settings, or an unfinished one without --resume, is refused with the ways on; a
+    read-only one is never replaced, not even with --overwrite."""
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, config={"lr": 1}, model={}, done=True)
+    assert prior_run(path, {"lr": 1})[0] == "reuse" and prior_run(path, {"lr": 1}, overwrite=True)[0] == "train"
+    with pytest.raises(UserError, match=r"holds a finished run with other settings: lr=1 but this run asks for "
+                                        r"lr=2; pass --overwrite to replace it"):
+        prior_run(path, {"lr": 2}, resume=True)
+    save_checkpoint(path, config={"lr": 1}, model={}, done=False, epoch=2)
+    with pytest.raises(UserError, match=r"unfinished \(2 epochs done\) run of these settings; continue it with "
+                                        r"--resume, or start it over with --overwrite"):
+        prior_run(path, {"lr": 1})
+    assert prior_run(path, {"lr": 1}, resume=True)[0] == "resume"
+    before = path.read_bytes()
+    path.chmod(0o444)
+    with pytest.raises(UserError, match="read-only, so it is kept: use another --ckpt-dir"):
+        prior_run(path, {"lr": 2})
+    for flags in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(UserError, match="read-only"):
+            prior_run(path, {"lr": 1}, **flags)
+    with pytest.raises(UserError, match="is read-only, and it is never replaced"):
+        save_checkpoint(path, model={})
+    assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o444
+
+
+def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path, capsys):
+    code, err = fit_in_process(tmp_path / "ckpt.pt", tmp_path / "out.pt", "--nan-at-epoch", "1", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "no checkpoint was written" in err and "kept" not in err, err
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
 def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "ckpt.pt"
     code, err = fit_in_process(ckpt, tmp_path / "out.pt", "--nan-at-epoch", "3", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "loss became nan" in err and "epoch 3" in err, err
-    assert load_checkpoint(ckpt)["epoch"] == 2
+    assert f"the last good checkpoint is kept: {ckpt}" in err and load_checkpoint(ckpt)["epoch"] == 2
     # resuming it with another config names both
     code, err = fit_in_process(ckpt, tmp_path / "out.pt", "--resume", "--lr", "0.1", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "lr=0.003" in err and "lr=0.1" in err, err
@@ -110,13 +184,14 @@ def test_train_or_reuse_reuses_only_a_finished_run_with_the_same_config(tmp_path
         calls.append(1)
         return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
 
-    def run(config, warmup):
+    def run(config, warmup, overwrite=False):
         calls.clear()
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         history = train_or_reuse(model, loss_fn, data, validate=lambda m: {"val_loss": loss_fn(m, data.tensors).item()},
                                  monitor="val_loss", mode="min", warmup=warmup, epochs=3, batch_size=16, lr=0.05,
-                                 weight_decay=0.01, seed=0, ckpt_path=tmp_path / "c.pt", config=config, quiet=True)
+                                 weight_decay=0.01, seed=0, ckpt_path=tmp_path / "c.pt", config=config,
+                                 overwrite=overwrite, quiet=True)
         return model, history, len(calls)
 
     model, history, steps = run({"a": 1}, warmup=0.25)
@@ -126,7 +201,13 @@ def test_train_or_reuse_reuses_only_a_finished_run_with_the_same_config(tmp_path
     assert steps == 0 and reused == history and "reusing the finished run" in capsys.readouterr().out
     # it holds the best epoch's weights: its validation loss is the lowest in the history
     assert loss_fn(again, data.tensors).item() == min(h["val_loss"] for h in history)
-    _, retrained, steps = run({"a": 2}, warmup=0.0)  # another config: trained, not reused
+    # another config: refused (the finished model is kept), or with overwrite trained and replaced
+    before = (tmp_path / "c.pt").read_bytes()
+    with pytest.raises(UserError, match="finished run with other settings: a=1 but this run asks for a=2; pass "
+                                        "--overwrite"):
+        run({"a": 2}, warmup=0.0)
+    assert not calls and (tmp_path / "c.pt").read_bytes() == before
+    _, retrained, steps = run({"a": 2}, warmup=0.0, overwrite=True)
     assert steps == 3 * 4 + 3 and load_checkpoint(tmp_path / "c.pt")["config"] == {"a": 2}
     assert [h["train_loss"] for h in retrained] != [h["train_loss"] for h in history]  # the other schedule
 

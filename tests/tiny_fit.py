@@ -2,8 +2,9 @@
 
 It trains a small MLP with dropout, AdamW and a one-cycle schedule on fixed random data through
 common.train.fit, then saves the final weights and history to OUT. --kill-at E:S sends the process
-a signal (SIGKILL by default) just before step S of epoch E, the way a user or a cluster would stop it. Its loss
-keeps state (a count of its calls), which the checkpoint carries.
+a signal (SIGKILL by default) just before step S of epoch E, the way a user or a cluster would stop it
+(--kill-in-validation E: during epoch E's validation). Its loss keeps state (a count of its calls), which the
+checkpoint carries.
 The tests run it in a subprocess where it is killed (SIGKILL), else in-process: main(argv).
 """
 import argparse
@@ -26,6 +27,7 @@ def main(argv=None):
     p.add_argument("out", type=Path)
     p.add_argument("--kill-at", default=None, help="E:S, 1-based epoch, 0-based step")
     p.add_argument("--signal", default="SIGKILL")
+    p.add_argument("--kill-in-validation", type=int, default=None, help="send --signal in epoch E's validation")
     p.add_argument("--nan-at-epoch", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -60,6 +62,8 @@ def main(argv=None):
             return loss * float("nan") if seen["epoch"] == args.nan_at_epoch else loss
 
     def validate(m):
+        if seen["epoch"] == args.kill_in_validation:
+            os.kill(os.getpid(), getattr(signal, args.signal))
         seen["epoch"], seen["step"] = seen["epoch"] + 1, 0
         return {"val_loss": evaluate(m, val, lambda m, b: {"loss": torch.nn.functional.cross_entropy(
             m(b[0]), b[1], reduction="none")})["loss"]}

@@ -28,8 +28,8 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
     args.shift pixels (P1's baseline trained on them; 0: none), and the epoch with the best validation accuracy
     kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
     (default: accuracy and loss of `model` itself on the validation split). `args` gives epochs, batch_size, lr,
-    weight_decay, shift, precision (resolved: "fp32" or "bf16"), resume and quiet. Returns the history; `model`
-    ends with the best epoch's weights, in eval mode.
+    weight_decay, shift, precision (resolved: "fp32" or "bf16"), resume, overwrite and quiet. Returns the history;
+    `model` ends with the best epoch's weights, in eval mode.
     """
     if validate is None:
         val_set = TensorDataset(*data["val"])
@@ -41,7 +41,8 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
     return train_or_reuse(model, finetune_loss(args.shift), TensorDataset(*data["train"]), validate=validate,
                           monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
-                          resume=args.resume, device=device, precision=args.precision, desc=desc, quiet=args.quiet)
+                          resume=args.resume, overwrite=args.overwrite, device=device, precision=args.precision,
+                          desc=desc, quiet=args.quiet)
 
 
 def finetune_scores(baseline, initial, final, history, data, device):

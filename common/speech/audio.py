@@ -2,7 +2,6 @@
 implausible is a one-line error naming it, never a shorter or padded recording, and a file is written to a
 temporary name and moved into place."""
 import contextlib
-import errno
 import os
 import re
 import stat
@@ -14,27 +13,12 @@ import numpy as np
 import soundfile as sf
 
 from ..cli import UserError
+from ..files import file_kind
 from .stft import RATE
 
 FORMATS = {".wav": "WAV", ".flac": "FLAC"}  # what `AudioWriter` writes (16-bit PCM)
 MIN_RATE, MAX_RATE = 4_000, 384_000  # sample rates a speech recording can plausibly have
 MAX_CHANNELS = 64
-
-
-def file_kind(path):
-    """What `path` is: 'file', 'missing', 'a folder', 'a FIFO', 'a device' or 'a socket'. A path that cannot be
-    looked at (a folder on the way the user may not search, a symbolic link loop, a name too long) is a UserError
-    naming it: `Path.exists()` would raise a PermissionError or say 'not found'."""
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return "missing"
-    except OSError as e:
-        why = {errno.ELOOP: "it is a symbolic link loop", errno.ENAMETOOLONG: "a name in it is too long (at most 255 "
-               "bytes)", errno.EACCES: "permission denied (a folder on the way cannot be searched)"}
-        raise UserError(f"cannot use {path}: {why.get(e.errno, e.strerror)}") from None
-    return ("file" if stat.S_ISREG(mode) else "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device")
 
 
 @contextlib.contextmanager

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ..cli import UserError
-from ..files import ROOT
-from .audio import file_kind
+from ..files import ROOT, file_kind
 from .stft import RATE
 
 SPLITS = ("tr", "v", "te")

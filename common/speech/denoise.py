@@ -19,11 +19,11 @@ import soxr
 import torch
 from torch import nn
 
-from ..cli import ArgumentParser, Stopped, UserError, bounded_float, bounded_int
-from ..files import ROOT, atomic_path, shown_path
+from ..cli import ArgumentParser, UserError, bounded_float, bounded_int
+from ..files import ROOT, atomic_path, file_kind, shown_path
 from ..precision import torch_threads
 from ..train import best_weights, load_checkpoint
-from .audio import AudioReader, AudioWriter, FORMATS, decoder_warnings_silenced, file_kind
+from .audio import AudioReader, AudioWriter, FORMATS, decoder_warnings_silenced
 from .data import DEFAULT_DATA, ensure_data
 from .stft import ISTFT, RATE, STFT
 
@@ -321,9 +321,7 @@ def denoise_main(argv, load_denoiser):
                     raise dst
                 t = time.perf_counter()
                 samples, rate, channels, clipped = denoise_file(model, src, dst, args.block_seconds)
-            except Stopped:
-                raise
-            except (UserError, OSError) as e:
+            except (UserError, OSError) as e:  # not a stop: Stopped is no Exception
                 error = e if isinstance(e, UserError) else UserError(f"{src}: {e.strerror or e}")
                 if len(pairs) == 1:
                     raise error from None
