@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.ablation import read_ablation
-from common.cli import (ArgumentParser, TrainingFlags, add_common_args, dropout_rate, nonnegative_float,
-                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
+                        pick_device, positive_float, run_cli)
 from common.files import resolve_dirs, save_config, save_json
 from common.goals import mean_std, required, target
 from common.mnist.data import load_mnist, shifted
@@ -56,23 +56,23 @@ def rank_name(rank, width):
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=positive_int, default=3,
+    p.add_argument("--seeds", type=bounded_int(1, 100), default=3,
                    help="train and compress this many baselines (seeds 0..N-1)")
     train = TrainingFlags(p)
-    train.add("--width", type=positive_int, default=1024,
+    train.add("--width", type=bounded_int(1, 4096), default=1024,
               help="units of each of the 5 hidden layers (the homework's 1024; with --dry-run 64 unless given)")
-    train.add("--epochs", type=positive_int, default=16, help="baseline training epochs")
-    train.add("--batch-size", type=positive_int, default=512,
+    train.add("--epochs", type=bounded_int(1, 1000), default=16, help="baseline training epochs")
+    train.add("--batch-size", type=bounded_int(1, 8192), default=512,
               help="baseline mini-batch size (with --dry-run 64 unless given: a few steps of learning)")
     train.add("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate (one-cycle schedule)")
     train.add("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2, help="dropout after every hidden layer")
-    train.add("--shift", type=nonnegative_int, default=1,
+    train.add("--shift", type=bounded_int(0, 14), default=1,
               help="move each training digit by a random whole number of pixels, up to this many each way (0: off)")
     train.add("--tail-decay", type=nonnegative_float, default=2e-3,
               help="strength of the spectral-tail decay, (decay / 2) sum_l ||W_l - its rank-R part||^2 (0: off)")
-    train.add("--tail-rank", type=positive_int, default=20, help="R: the rank whose tail the decay shrinks")
-    train.add("--refresh", type=positive_int, default=50,
+    train.add("--tail-rank", type=bounded_int(1, 784), default=20, help="R: the rank whose tail the decay shrinks")
+    train.add("--refresh", type=bounded_int(1, 100_000), default=50,
               help="recompute the top-R singular vectors of each weight every this many steps")
     add_precision_flag(train)
     p.add_argument("--ablation", action="store_true",

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
-                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+                        pick_device, positive_float, run_cli)
 from common.files import resolve_dirs, save_config, save_json
 from common.goals import required, target
 from common.mnist.data import load_mnist
@@ -33,18 +33,18 @@ from p1_svd import cost, dense_cost, svd
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
+    p.add_argument("--seeds", type=bounded_int(1, 100), default=3, help="fine-tune this many baselines (seeds 0..N-1)")
     train = TrainingFlags(p)
     train.add("--rank", type=bounded_int(1, 784), default=20,
               help="columns of U and V in every hidden layer (at most 784, the rank of the first layer)")
-    train.add("--epochs", type=positive_int, default=10, help="fine-tuning epochs")
-    train.add("--batch-size", type=positive_int, default=256, help="mini-batch size")
+    train.add("--epochs", type=bounded_int(1, 1000), default=10, help="fine-tuning epochs")
+    train.add("--batch-size", type=bounded_int(1, 8192), default=256, help="mini-batch size")
     train.add("--lr", type=positive_float, default=1e-3,
               help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
     train.add("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2,
               help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
-    train.add("--shift", type=nonnegative_int, default=1,
+    train.add("--shift", type=bounded_int(0, 14), default=1,
               help="shift each training digit by up to this many pixels each way, as the baseline trained (0: off)")
     add_precision_flag(train)
     add_common_args(p, out="results/p2")

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
-                        nonnegative_int, pick_device, positive_float, positive_int, run_cli)
+                        pick_device, positive_float, run_cli)
 from common.files import resolve_dirs, save_config, save_json
 from common.goals import mean_std, required, target
 from common.mnist.data import load_mnist
@@ -45,22 +45,22 @@ DEFAULTS = {"rank": 20, "oversample": 10, "refresh_every": 200, "epochs": 10, "b
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=positive_int, default=3, help="fine-tune this many baselines (seeds 0..N-1)")
+    p.add_argument("--seeds", type=bounded_int(1, 100), default=3, help="fine-tune this many baselines (seeds 0..N-1)")
     train = TrainingFlags(p)
     train.add("--rank", type=bounded_int(1, 784), default=DEFAULTS["rank"],
               help="rank of the projection W-hat used in the forward pass (at most 784, the first layer's rank)")
-    train.add("--oversample", type=nonnegative_int, default=DEFAULTS["oversample"],
+    train.add("--oversample", type=bounded_int(0, 256), default=DEFAULTS["oversample"],
               help="extra directions the subspace tracker carries beyond --rank")
-    train.add("--refresh-every", type=nonnegative_int, default=DEFAULTS["refresh_every"],
+    train.add("--refresh-every", type=bounded_int(0, 100_000), default=DEFAULTS["refresh_every"],
               help="replace the tracked subspace by an exact SVD every this many steps (0: never)")
-    train.add("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="fine-tuning epochs")
-    train.add("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="mini-batch size")
+    train.add("--epochs", type=bounded_int(1, 1000), default=DEFAULTS["epochs"], help="fine-tuning epochs")
+    train.add("--batch-size", type=bounded_int(1, 8192), default=DEFAULTS["batch_size"], help="mini-batch size")
     train.add("--lr", type=positive_float, default=DEFAULTS["lr"],
               help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
     train.add("--weight-decay", type=nonnegative_float, default=DEFAULTS["weight_decay"], help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=DEFAULTS["dropout"],
               help="dropout after every hidden layer while training")
-    train.add("--shift", type=nonnegative_int, default=DEFAULTS["shift"],
+    train.add("--shift", type=bounded_int(0, 14), default=DEFAULTS["shift"],
               help="shift each training digit by up to this many pixels each way, as the baseline trained (0: off)")
     add_precision_flag(train)
     add_common_args(p, out="results/p3")

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.ablation import read_ablation, run_ablation
-from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_args, bounded_float, dropout_rate,
-                        nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, run_cli,
-                        seed_int)
+from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_args, bounded_float, bounded_int,
+                        dropout_rate, nonnegative_float, pick_device, positive_float, run_cli, seed_int)
 from common.files import resolve_dirs, save_config, save_json, shown_path
 from common.precision import add_precision_flag, machine, resolve_precision, torch_threads
 from common.speech.audio import read_audio
@@ -58,34 +57,34 @@ def get_args(argv=None):
     both.add("--dropout", type=dropout_rate, default=0.1, help="dropout in both models")
     both.add("--speeds", type=speed_list, default=[1.0], help="speeds at which the models hear each training "
              "sentence, comma-separated (1: as recorded; 1.1: 10%% faster and higher, a new voice)")
-    both.add("--repeats", type=positive_int, default=10, help="times each training window is used per epoch, each "
-             "time with new noise (the course's data holds each sentence under ten noises)")
+    both.add("--repeats", type=bounded_int(1, 100), default=10, help="times each training window is used per epoch, "
+             "each time with new noise (the course's data holds each sentence under ten noises)")
     both.add("--band-fraction", type=bounded_float(0, 1), default=0.5, help="fraction of training mixtures "
              "low-passed at a random 4-8 kHz cutoff (as resampled audio is)")
     both.add("--loss-power", type=nonnegative_float, default=1.0, help="weight each bin's BCE by |X|^power (1: loud "
              "bins count more, as in the SNR; 0: plain BCE)")
-    both.add("--batch-size", type=positive_int, default=32, help="windows per mini-batch")
+    both.add("--batch-size", type=bounded_int(1, 256), default=32, help="windows per mini-batch")
     both.add("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW weight decay")
     both.add("--seed", type=seed_int, default=0, help="random seed of both models")
     add_precision_flag(both)
     gru = TrainingFlags(p, "the GRU")
-    gru.add("--hidden", type=positive_int, default=256, help="GRU state size")
-    gru.add("--proj", type=nonnegative_int, default=256, help="width of the GRU's input projection (0: none)")
+    gru.add("--hidden", type=bounded_int(1, 4096), default=256, help="GRU state size")
+    gru.add("--proj", type=bounded_int(0, 4096), default=256, help="width of the GRU's input projection (0: none)")
     gru.add("--running-mean", action=argparse.BooleanOptionalAction, default=True,
             help="feed the GRU each frame's distance from the running mean of the frames so far")
     gru.add("--alpha", type=bounded_float(0, 1), default=0.98,
             help="forgetting factor of the GRU's running mean (time constant 1 / (1 - alpha) frames; 1: none)")
-    gru.add("--epochs", type=positive_int, default=14, help="GRU training epochs")
-    gru.add("--crop", type=positive_int, default=96, help="frames per GRU training window (3 s)")
+    gru.add("--epochs", type=bounded_int(1, 1000), default=14, help="GRU training epochs")
+    gru.add("--crop", type=bounded_int(1, 500), default=96, help="frames per GRU training window (3 s)")
     gru.add("--lr", type=positive_float, default=5e-3, help="the GRU's peak AdamW learning rate (one-cycle schedule)")
     fc = TrainingFlags(p, "the FC baseline (its flags go into its config without the fc- prefix)")
-    fc.add("--fc-hidden", type=positive_int, default=512, help="width of the FC baseline's hidden layers")
-    fc.add("--fc-layers", type=positive_int, default=2, help="hidden layers of the FC baseline")
+    fc.add("--fc-hidden", type=bounded_int(1, 4096), default=512, help="width of the FC baseline's hidden layers")
+    fc.add("--fc-layers", type=bounded_int(1, 8), default=2, help="hidden layers of the FC baseline")
     fc.add("--fc-layer-norm", action=argparse.BooleanOptionalAction, default=False,
            help="LayerNorm after each of the FC's hidden layers (it helps the GRU's projection, not the FC)")
-    fc.add("--fc-epochs", type=positive_int, default=14, help="FC training epochs")
-    fc.add("--fc-crop", type=positive_int, default=48, help="frames per FC training window (shorter windows: more "
-           "steps for the same frames, which the FC needs)")
+    fc.add("--fc-epochs", type=bounded_int(1, 1000), default=14, help="FC training epochs")
+    fc.add("--fc-crop", type=bounded_int(1, 500), default=48, help="frames per FC training window (shorter windows: "
+           "more steps for the same frames, which the FC needs)")
     fc.add("--fc-lr", type=positive_float, default=3e-3, help="the FC's peak learning rate")
     p.add_argument("--ablation", action="store_true", help="instead of the main run: train each ablation variant")
     add_common_args(p, out="results/p4")

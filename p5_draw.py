@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from common.ablation import ablation_configs, read_ablation, write_ablation
-from common.cli import (ArgumentParser, TrainingFlags, add_common_args, nonnegative_float, nonnegative_int, pick_device,
-                        positive_float, positive_int, run_cli, seed_int)
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, nonnegative_float, pick_device,
+                        positive_float, run_cli, seed_int, thread_count)
 from common.drawing.figures import FIGURES, drawing_figures
 from common.drawing.processes import run_jobs
 from common.drawing.scores import (ambiguous_record, completion_metrics, drawer_metrics, mean_bottoms, nearest_bottoms,
@@ -62,34 +62,33 @@ def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     both = TrainingFlags(p, "both drawers (a finished checkpoint is reused only if these and its own match)")
     both.add("--seed", type=seed_int, default=0, help="seed of the initialisation, the batches and the sampling")
-    both.add("--hidden", type=positive_int, default=128, help="LSTM units per layer")
-    both.add("--layers", type=positive_int, default=1, help="stacked LSTM layers")
+    both.add("--hidden", type=bounded_int(1, 2048), default=128, help="LSTM units per layer")
+    both.add("--layers", type=bounded_int(1, 8), default=1, help="stacked LSTM layers")
     both.add("--position", action=argparse.BooleanOptionalAction, default=True,
              help="feed each patch's position (a one-hot of 16) beside its pixels")
-    both.add("--head-hidden", type=nonnegative_int, default=512,
+    both.add("--head-hidden", type=bounded_int(0, 4096), default=512,
              help="units of the heads' hidden ReLU layer (0: a single linear layer, as in the homework)")
     both.add("--neighbours", action=argparse.BooleanOptionalAction, default=True,
              help="the heads also see the next patch's left, above and above-right neighbours")
-    both.add("--patience", type=positive_int, default=4, help="stop after this many epochs without improvement")
-    both.add("--batch-size", type=positive_int, default=64, help="mini-batch size")
+    both.add("--patience", type=bounded_int(1, 1000), default=4, help="stop after this many epochs without improvement")
+    both.add("--batch-size", type=bounded_int(1, 8192), default=64, help="mini-batch size")
     both.add("--lr", type=positive_float, default=3e-3, help="initial Adam learning rate (cosine decay to 0)")
     both.add("--clip-grad", type=nonnegative_float, default=1.0, help="clip the gradient norm (0: no clipping)")
     add_precision_flag(both)
     mse = TrainingFlags(p, "the MSE drawer")
-    mse.add("--epochs", type=positive_int, default=12, help="most epochs (early stopping may end sooner)")
+    mse.add("--epochs", type=bounded_int(1, 1000), default=12, help="most epochs (early stopping may end sooner)")
     sampler = TrainingFlags(p, "the sampling drawer")
-    sampler.add("--components", type=positive_int, default=8, help="mixture components of a next patch")
-    sampler.add("--sampler-epochs", type=positive_int, default=5, help="most epochs (its head costs more per step)")
-    p.add_argument("--samples", type=positive_int, default=10, help="samples drawn per test image (best-of-N)")
-    p.add_argument("--per-class", type=positive_int, default=10, help="test images per digit in the figures")
+    sampler.add("--components", type=bounded_int(1, 64), default=8, help="mixture components of a next patch")
+    sampler.add("--sampler-epochs", type=bounded_int(1, 1000), default=5, help="most epochs (a step costs more)")
+    p.add_argument("--samples", type=bounded_int(1, 32), default=10, help="samples drawn per test image (best-of-N)")
+    p.add_argument("--per-class", type=bounded_int(1, 50), default=10, help="test images per digit in the figures")
     p.add_argument("--examples-seed", type=seed_int, default=0, help="seed that picks the figures' test images")
-    p.add_argument("--ambiguous", type=positive_int, default=10, help="ambiguous top halves shown with samples")
-    p.add_argument("--threads", type=nonnegative_int, default=1,
-                   help="CPU threads of each training (0: torch's default); a small LSTM runs fastest on one, its "
-                        "products being too small to share out")
-    p.add_argument("--jobs", type=positive_int, default=2, help="trainings side by side, a process each (1: in turn)")
+    p.add_argument("--ambiguous", type=bounded_int(1, 32), default=10, help="ambiguous top halves shown with samples")
+    p.add_argument("--threads", type=thread_count(), default=1,
+                   help="CPU threads of each training (0: torch's default); a small LSTM runs fastest on one")
+    p.add_argument("--jobs", type=bounded_int(1, 8), default=2, help="trainings at once, a process each (1: in turn)")
     p.add_argument("--ablation", action="store_true", help="also train the MSE drawer's ablation (ablation.json)")
-    p.add_argument("--ablation-epochs", type=positive_int, default=8, help="epochs of every ablation row")
+    p.add_argument("--ablation-epochs", type=bounded_int(1, 1000), default=8, help="epochs of every ablation row")
     add_common_args(p, out="results/p5")
     args = p.parse_args(argv)
     if args.ambiguous > args.samples:
@@ -303,12 +302,11 @@ def make_drawer(config):
     return MSEDrawer(*shape) if config["kind"] == "mse" else SamplingDrawer(*shape, config["components"])
 
 
-def train_drawer(config, path, *, data, device, resume=False, overwrite=False, quiet=False):
+def train_drawer(config, path, *, data, device, **run):
     """Train the drawer of `config` (kind "mse": the MSE drawer; "sampler": the sampling drawer) unless a finished run
     with the same config is at `path`; returns its history. The kept weights are the checkpoint's (load_drawer).
-
-    Model selection and early stopping on the validation MSE (MSE drawer) or NLL (sampling drawer).
-    """
+    Model selection and early stopping on the validation MSE (MSE drawer) or NLL (sampling drawer); `run` (resume,
+    overwrite, quiet) goes to train_or_reuse."""
     seed_everything(config["seed"])
     model = make_drawer(config).to(device)
     loss_fn, metrics_fn, monitor = ((teacher_forced_loss, teacher_forced_metrics, "val_mse") if config["kind"] == "mse"
@@ -322,9 +320,8 @@ def train_drawer(config, path, *, data, device, resume=False, overwrite=False, q
     return train_or_reuse(model, loss_fn, TensorDataset(to_patches(data["train"][0])), validate=validate,
                           monitor=monitor, mode="min", patience=config["patience"], warmup=0, epochs=config["epochs"],
                           batch_size=config["batch_size"], lr=config["lr"], weight_decay=0.0, seed=config["seed"],
-                          clip_grad=config["clip_grad"] or None, ckpt_path=path, config=config, resume=resume,
-                          overwrite=overwrite, device=device, precision=config["precision"], desc=f"p5 {config['kind']}",
-                          quiet=quiet)
+                          clip_grad=config["clip_grad"] or None, ckpt_path=path, config=config, device=device,
+                          precision=config["precision"], desc=f"p5 {config['kind']}", **run)
 
 
 def load_drawer(path, config, device):
@@ -342,8 +339,7 @@ def train_drawers(configs, data, args, device):
     ablation = ablation_configs(configs["mse"], ABLATION, args.ablation_epochs) if args.ablation else {}
     jobs = {**configs, **{f"ablation_{name}": config for name, config in ablation.items()}}
     paths = {name: args.ckpt_dir / f"p5_{name}_seed{args.seed}.pt" for name in jobs}
-    plans = [prior_run(paths[name], config, args.resume, args.overwrite)[0] for name, config in jobs.items()]
-    to_train = sum(plan != "reuse" for plan in plans)  # (a checkpoint a run may not replace: refused now)
+    to_train = sum(prior_run(paths[name], jobs[name], args.resume, args.overwrite)[0] != "reuse" for name in jobs)
     workers = args.jobs if to_train > 1 and device.type == "cpu" and world()[1] == 1 else 1
     train = functools.partial(train_drawer, data=data, device=device, resume=args.resume, overwrite=args.overwrite,
                               quiet=args.quiet)

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import p3_svd_ste as p3  # noqa: E402
 from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
-from common.cli import ArgumentParser, nonnegative_int, pick_device, positive_int, run_cli  # noqa: E402
+from common.cli import ArgumentParser, bounded_int, pick_device, run_cli  # noqa: E402
 from common.files import resolve_dirs, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
 from common.mnist.data import load_mnist  # noqa: E402
@@ -54,13 +54,13 @@ METHODS = ["plain", "exact", "lowrank", "tracker", "no_oversampling"]
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=positive_int, default=15, help="timed steps of every method")
-    p.add_argument("--warmup", type=positive_int, default=2, help="untimed steps of every method first")
-    p.add_argument("--check-steps", type=positive_int, default=None,
+    p.add_argument("--rounds", type=bounded_int(1, 1000), default=15, help="timed steps of every method")
+    p.add_argument("--warmup", type=bounded_int(1, 100), default=2, help="untimed steps of every method first")
+    p.add_argument("--check-steps", type=bounded_int(1, 100_000), default=None,
                    help="training steps of the error check (default: P3's --refresh-every - 1: no exact refresh)")
-    p.add_argument("--check-every", type=positive_int, default=10,
+    p.add_argument("--check-every", type=bounded_int(1, 1000), default=10,
                    help="compare with the exact SVD every this many steps")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="baseline seed, batches and dropout masks")
+    p.add_argument("--seed", type=bounded_int(0, 99), default=0, help="baseline seed, batches and dropout masks")
     p.add_argument("--out", type=Path, default=None,
                    help="where benchmark.json goes (default: results/p3, or runs/dry-run/p3 with --dry-run)")
     p.add_argument("--ckpt-dir", type=Path, default=None,

@@ -29,7 +29,7 @@ from common.speech.stft import ISTFT, RATE, STFT, stft  # noqa: E402
 from p4_denoise import GRUMasker, load_denoiser  # noqa: E402
 from common.goals import target  # noqa: E402
 from benchmarks.timing import interleaved, summary  # noqa: E402
-from common.cli import ArgumentParser, positive_float, positive_int, run_cli  # noqa: E402
+from common.cli import ArgumentParser, bounded_float, bounded_int, run_cli  # noqa: E402
 from common.files import ROOT, save_json, shown_path  # noqa: E402
 from common.precision import machine  # noqa: E402
 from common.train import n_params  # noqa: E402
@@ -39,8 +39,8 @@ def get_args(argv=None):
     p.add_argument("--model", type=Path, default=None,
                    help="the trained denoiser (default: results/p4/denoiser.pt; with --dry-run, the dry run's "
                         "runs/dry-run/p4/denoiser.pt, or an untrained one of the default shape when it is missing)")
-    p.add_argument("--seconds", type=positive_float, default=60.0, help="length of the test signal")
-    p.add_argument("--repeats", type=positive_int, default=5,
+    p.add_argument("--seconds", type=bounded_float(0.1, 3600), default=60.0, help="length of the test signal")
+    p.add_argument("--repeats", type=bounded_int(1, 100), default=5,
                    help="interleaved rounds, each timing every case once (the median is reported, with its spread)")
     p.add_argument("--out", type=Path, default=None,
                    help="where benchmark.json goes (default: results/p4, or runs/dry-run/p4 with --dry-run)")

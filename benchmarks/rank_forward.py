@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
-from common.cli import ArgumentParser, UserError, nonnegative_int, pick_device, positive_int, run_cli  # noqa: E402
+from common.cli import ArgumentParser, UserError, bounded_int, pick_device, run_cli, thread_count  # noqa: E402
 from common.files import ROOT, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
 from common.mnist.fused import fast  # noqa: E402
@@ -38,11 +38,11 @@ from p1_svd import RANKS, compress, cost, dense_cost, rank_name, svd  # noqa: E4
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="the P1 baseline to compress")
-    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 1000], help="batch sizes to time")
-    p.add_argument("--rounds", type=positive_int, default=30, help="interleaved rounds per batch size and pass")
-    p.add_argument("--passes", type=positive_int, default=2, help="independent repetitions of the whole measurement")
-    p.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=bounded_int(0, 99), default=0, help="the P1 baseline to compress")
+    p.add_argument("--batches", type=bounded_int(1, 10_000), nargs="+", default=[1, 1000], help="batch sizes to time")
+    p.add_argument("--rounds", type=bounded_int(1, 1000), default=30, help="interleaved rounds per batch size and pass")
+    p.add_argument("--passes", type=bounded_int(1, 100), default=2, help="independent repeats of the whole measurement")
+    p.add_argument("--threads", type=thread_count(), default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="where P1's baseline is (default: checkpoints/, or runs/dry-run/checkpoints with --dry-run)")
     p.add_argument("--out", type=Path, default=None,

@@ -38,7 +38,7 @@ import p3_svd_ste as p3  # noqa: E402
 import p4_denoise as p4  # noqa: E402
 import p5_draw as p5  # noqa: E402
 from benchmarks.timing import interleaved, ratio, summary  # noqa: E402
-from common.cli import ArgumentParser, UserError, pick_device, positive_int, run_cli  # noqa: E402
+from common.cli import ArgumentParser, UserError, bounded_int, pick_device, run_cli  # noqa: E402
 from common.files import ROOT, save_json  # noqa: E402
 from common.goals import target  # noqa: E402
 from common.mnist.data import load_mnist  # noqa: E402
@@ -53,8 +53,8 @@ from p1_svd import svd  # noqa: E402
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds per row")
-    p.add_argument("--steps", type=positive_int, default=4, help="training steps per timed call of the loop")
+    p.add_argument("--rounds", type=bounded_int(1, 1000), default=7, help="interleaved rounds per row")
+    p.add_argument("--steps", type=bounded_int(1, 1000), default=4, help="training steps per timed call of the loop")
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="the main run's checkpoints (default: checkpoints/, or runs/dry-run/checkpoints with --dry-run)")
     p.add_argument("--out", type=Path, default=None,

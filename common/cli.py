@@ -1,6 +1,7 @@
 """The command line every script shares: one-line errors, flags and their types, the training flags that define a
 model, the device, and stopping on SIGINT / SIGTERM."""
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -109,10 +110,20 @@ def run_cli(main):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line (not the usage block) and exit code 2."""
+    """argparse, but a bad flag gives one line (not the usage block) and exit code 2, and --help shows the range of
+    every bounded flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_RangesInHelp, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+class _RangesInHelp(argparse.HelpFormatter):
+    def _get_help_string(self, action):
+        bounds = getattr(action.type, "bounds", None)
+        return f"{action.help} [{bounds}]" if bounds and action.help else action.help
 
 
 def _number(kind, low, name, high=None):
@@ -129,15 +140,24 @@ def _number(kind, low, name, high=None):
 
 
 def bounded_int(low, high):
-    return _number(int, low, f"an integer from {low} to {high}", high)
+    """The argparse type of an integer flag from `low` to `high`: every count and size has an upper bound that a
+    machine can hold, said in --help."""
+    parse = _number(int, low, f"an integer from {low} to {high}", high)
+    parse.bounds = f"{low} to {high}"
+    return parse
 
 
 def bounded_float(low, high):
-    return _number(float, low, f"a number from {low:g} to {high:g}", high)
+    parse = _number(float, low, f"a number from {low:g} to {high:g}", high)
+    parse.bounds = f"{low:g} to {high:g}"
+    return parse
 
 
-positive_int = _number(int, 1, "an integer >= 1")
-nonnegative_int = _number(int, 0, "an integer >= 0")
+def thread_count(low=0):
+    """The argparse type of a --threads flag: `low` (0: torch's own choice) to 4 threads per CPU core here."""
+    return bounded_int(low, 4 * (os.cpu_count() or 1))
+
+
 positive_float = _number(float, 1e-300, "a number > 0")
 nonnegative_float = _number(float, 0.0, "a number >= 0")
 seed_int = _number(int, 0, f"a seed from 0 to {2**32 - 1}", 2**32 - 1)  # numpy's seeds are 32-bit
@@ -157,7 +177,7 @@ class TrainingFlags:
     goes into config.json. A flag added here can never be left out of the reuse decision.
 
         train = TrainingFlags(parser)
-        train.add("--epochs", type=positive_int, default=12, help="training epochs")
+        train.add("--epochs", type=bounded_int(1, 1000), default=12, help="training epochs")
         args = parser.parse_args()
         config = {**train.values(args), "seed": seed}    # + what no flag sets (the data, the seed of this run)
     """
@@ -192,13 +212,20 @@ def add_common_args(parser, out):
 
 
 def pick_device(name=None):
-    """cuda when present, else cpu; `name` overrides (e.g. from --device)."""
+    """cuda when present, else cpu; `name` overrides (e.g. from --device): cpu, or cuda / cuda:N where that GPU
+    exists here (a device this project cannot train on, such as meta or mps, is refused)."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise UserError(f"--device {name} is not supported; use cpu, or cuda / cuda:N on a machine with a CUDA GPU")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"--device {name} asked for, but this machine has {count} CUDA GPU{'s' * (count > 1)} "
+                        f"(cuda:0 to cuda:{count - 1})")
     return device

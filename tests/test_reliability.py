@@ -1,15 +1,25 @@
-"""Bad input to the MNIST scripts gets one line and exit 2; the data step; torchrun matches one process."""
+"""Bad input to the scripts gets one line and exit 2 (every size flag bounded, only devices that exist, checkpoints
+that are not what they claim, outputs that are folders); the data step; torchrun matches one process."""
+import argparse
 import shutil
 
 import pytest
 import torch
 
+import p2_factorized
+import p3_svd_ste
+import p4_denoise
+import p5_draw
+from benchmarks import p3_svd_step, p4_realtime, rank_forward, train_step
+from common import cli
 from common.cli import UserError
 from common.mnist.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
 from common.mnist.mlp import baseline_path
 from common.train import load_checkpoint
 import p1_svd
 from conftest import read_json, run_main, run_script
+
+SCRIPTS = [p1_svd, p2_factorized, p3_svd_ste, p4_denoise, p5_draw, rank_forward, p4_realtime, p3_svd_step, train_step]
 
 def test_data_step_copies_from_the_mirror(tmp_path):
     mirror = tmp_path / "mirror"
@@ -60,6 +70,51 @@ def test_nonsense_cli_values(tmp_path, capsys, args, words):
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1, err
     assert all(w in err for w in words), err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    (p1_svd, "--width", "100000"), (p1_svd, "--shift", "100000"), (p1_svd, "--batch-size", "99999999999999999999"),
+    (p1_svd, "--seeds", "1000"), (p2_factorized, "--batch-size", "100000"), (p3_svd_ste, "--oversample", "100000"),
+    (p4_denoise, "--fc-layers", "100000"), (p4_denoise, "--hidden", "100000"), (p4_denoise, "--crop", "100000"),
+    (p5_draw, "--hidden", "100000"), (p5_draw, "--threads", "100000"), (p5_draw, "--components", "100000"),
+    (p5_draw, "--samples", "99999999999999999999"), (rank_forward, "--threads", "100000"),
+    (rank_forward, "--batches", "1e9"), (p3_svd_step, "--rounds", "100000000"), (train_step, "--steps", "100000"),
+    (p4_realtime, "--seconds", "1e-9"), (p4_realtime, "--seconds", "1e9")])
+def test_every_size_flag_has_an_upper_bound(tmp_path, capsys, script, flag, value):
+    code, err = run_main(script.main, ["--dry-run", flag, value, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and flag in err and " to " in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_integer_flag_says_its_range_in_help(monkeypatch):
+    parsers = []
+
+    def capture(parser, argv=None, namespace=None):
+        parsers.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.ArgumentParser, "parse_args", capture)
+    for script in SCRIPTS:
+        with pytest.raises(SystemExit):
+            script.get_args([])
+    assert len(parsers) == len(SCRIPTS)
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action.default, int) and not isinstance(action.default, bool) or action.dest == "check_steps":
+                assert getattr(action.type, "bounds", None) or action.type is cli.seed_int, (parser.prog, action.dest)
+        help_text = parser.format_help()
+        assert all(f"[{action.type.bounds}]" in " ".join(help_text.split()) for action in parser._actions
+                   if getattr(action.type, "bounds", None) and action.help is not argparse.SUPPRESS), parser.prog
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "hpu", "cpu:1", "cuda:99", "cuda"])
+def test_only_devices_that_exist_here(tmp_path, capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    for script in (p1_svd, p5_draw, rank_forward):
+        code, err = run_main(script.main, ["--dry-run", "--device", device, "--out", tmp_path / "o"], capsys)
+        assert code == 2 and err.startswith("error: --device") and err.count("\n") == 1, (script.__name__, err)
+    assert cli.pick_device("cpu") == torch.device("cpu")
 
 
 def test_unwritable_output(tmp_path, capsys):

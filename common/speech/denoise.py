@@ -19,7 +19,7 @@ import soxr
 import torch
 from torch import nn
 
-from ..cli import ArgumentParser, UserError, bounded_float, bounded_int
+from ..cli import ArgumentParser, UserError, bounded_float, thread_count
 from ..files import ROOT, atomic_path, file_kind, shown_path
 from ..precision import torch_threads
 from ..train import best_weights, load_checkpoint
@@ -306,7 +306,7 @@ def denoise_main(argv, load_denoiser):
                    help="the trained model (default: results/p4/denoiser.pt)")
     p.add_argument("--block-seconds", type=bounded_float(0.01, 60.0), default=1.0,
                    help="seconds of input read and denoised at a time, 0.01 to 60 (memory does not grow with the file)")
-    p.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)), default=1,
+    p.add_argument("--threads", type=thread_count(1), default=1,
                    help="CPU threads (one is fastest for one stream)")
     p.add_argument("--overwrite-input", action="store_true", help="allow an output to replace its own input")
     p.add_argument("--quiet", action="store_true", help="one line at the end instead of one per recording")
@@ -379,7 +379,7 @@ def te_zip_main(argv, load_denoiser):
                    help="homework-3 speech data with te/ (default: data/hw3, built when missing)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help="the trained model (default: results/p4/denoiser.pt)")
-    p.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)), default=1,
+    p.add_argument("--threads", type=thread_count(1), default=1,
                    help="CPU threads (one is fastest for one stream)")
     args = p.parse_args(argv)
     if args.zip.suffix.lower() != ".zip":
