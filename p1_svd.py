@@ -31,7 +31,8 @@ from common.goals import mean_std, required, target
 from common.mnist.data import load_mnist, shifted
 from common.mnist.figures import plot_accuracy_vs_rank, plot_params_vs_rank, plot_singular_values
 from common.mnist.fused import fast
-from common.mnist.mlp import MLP, baseline_path, classification_loss, classification_metrics, with_hidden
+from common.mnist.mlp import (DEPTH, MAX_WIDTH, MLP, baseline_path, classification_loss, classification_metrics,
+                              with_hidden)
 from common.precision import add_precision_flag, full_precision, machine, resolve_precision
 from common.train import (best_record, evaluate, init_distributed, is_main, seed_everything, train_or_reuse,
                           trained_seconds, unwrap)
@@ -59,7 +60,7 @@ def get_args(argv=None):
     p.add_argument("--seeds", type=bounded_int(1, 100), default=3,
                    help="train and compress this many baselines (seeds 0..N-1)")
     train = TrainingFlags(p)
-    train.add("--width", type=bounded_int(1, 4096), default=1024,
+    train.add("--width", type=bounded_int(1, MAX_WIDTH), default=1024,
               help="units of each of the 5 hidden layers (the homework's 1024; with --dry-run 64 unless given)")
     train.add("--epochs", type=bounded_int(1, 1000), default=16, help="baseline training epochs")
     train.add("--batch-size", type=bounded_int(1, 8192), default=512,
@@ -135,7 +136,7 @@ class BaselineLoss(nn.Module):
 def train_baseline(seed, data, flags, args, device, name="baseline"):
     """Train (or reuse) the baseline of `seed` with the training `flags` (TrainingFlags' values); model selection on
     the validation split. `name`: "baseline", or an ablation row's (its own checkpoint)."""
-    config = {"depth": 5, **flags, "seed": seed, "train_size": len(data["train"][0])}
+    config = {"depth": DEPTH, **flags, "seed": seed, "train_size": len(data["train"][0])}
     seed_everything(seed)  # the initialisation and the dropout masks
     model = MLP(config["width"], config["depth"], config["dropout"]).to(device)
     loss = BaselineLoss(model, flags["shift"], flags["tail_decay"], flags["tail_rank"], flags["refresh"]).to(device)

@@ -10,7 +10,7 @@ from common.mnist.fused import fast, rank_d_product
 from common.mnist.mlp import MLP, with_hidden
 from common.train import load_checkpoint, n_params
 from p1_svd import LowRankLinear, compress, cost, dense_cost, svd, truncate
-from conftest import AUTO_PRECISION, low_rank, read_json
+from conftest import AUTO_PRECISION, copy_checkpoints, low_rank, read_json, run_main
 
 
 def tiny_mlp(seed=0, width=12, depth=3):
@@ -243,3 +243,25 @@ def test_figures_draw_any_set_of_ranks(ranks, tmp_path):
     figures.plot_accuracy_vs_rank(metrics, tmp_path / "a.png")
     figures.plot_params_vs_rank(metrics, tmp_path / "p.png")
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_finished_baseline_is_never_replaced_silently(dry_p1, tmp_path, capsys):
+    """Other flags: refused before any training, naming what differs and --overwrite; a read-only baseline is kept
+    even with --overwrite; --overwrite replaces a writable one."""
+    ckpt = copy_checkpoints(dry_p1[1], tmp_path / "ckpt")
+    path = ckpt / "p1_baseline_seed0.pt"
+    before = path.read_bytes()
+    argv = ["--dry-run", "--quiet", "--seeds", "1", "--lr", "0.001", "--out", tmp_path / "out", "--ckpt-dir", ckpt]
+    code, err = run_main(p1_svd.main, argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "holds a finished run with other settings: lr=0.002 but this run " \
+        "asks for lr=0.001; pass --overwrite to replace it" in err, err
+    assert path.read_bytes() == before and not (tmp_path / "out" / "metrics.json").exists()
+    path.chmod(0o444)
+    code, err = run_main(p1_svd.main, argv + ["--overwrite"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "read-only" in err, err
+    assert path.read_bytes() == before and path.stat().st_mode & 0o777 == 0o444
+    path.chmod(0o644)
+    code, err = run_main(p1_svd.main, argv + ["--overwrite"], capsys)
+    assert code == 0 and load_checkpoint(path)["config"]["lr"] == 0.001, err
+    code, err = run_main(p1_svd.main, argv + ["--resume", "--overwrite"], capsys)  # one or the other
+    assert code == 2 and "not allowed with argument" in err, err

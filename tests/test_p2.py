@@ -6,6 +6,7 @@ import p2_factorized as p2
 from common.cli import UserError
 from common.mnist.mlp import MLP, classification_loss
 from common.train import load_checkpoint, n_params
+import p1_svd
 from p1_svd import compress, cost, svd
 from conftest import AUTO_PRECISION, copy_checkpoints, low_rank, read_json, run_main
 
@@ -95,3 +96,15 @@ def test_missing_baseline_and_bad_rank(tmp_path, capsys):
     code, err = run_main(p2.main, ["--dry-run", "--rank", "900", "--out", tmp_path / "o"], capsys)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and "--rank" in err, err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_replaced_baseline_makes_p2_refuse_its_old_fine_tune(dry_p2, tmp_path, capsys):
+    """P2's config pins its baseline's: after P1 is retrained with other flags (--overwrite), P2 does not build on
+    the new baseline silently with its old fine-tune, nor replace that without --overwrite."""
+    ckpt = copy_checkpoints(dry_p2[1], tmp_path / "ckpt")  # P1's baseline and P2's fine-tune
+    p1_svd.main(["--dry-run", "--quiet", "--seeds", "1", "--lr", "0.001", "--overwrite", "--out", str(tmp_path / "p1"),
+                 "--ckpt-dir", str(ckpt)])
+    code, err = run_main(p2.main, ["--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "p2", "--ckpt-dir", ckpt],
+                         capsys)
+    assert code == 2 and err.count("\n") == 1 and "p2_factorized_seed0.pt holds a finished run with other settings: " \
+        "baseline=" in err and "--overwrite" in err, err

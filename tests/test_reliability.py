@@ -1,7 +1,10 @@
 """Bad input to the scripts gets one line and exit 2 (every size flag bounded, only devices that exist, checkpoints
 that are not what they claim, outputs that are folders); the data step; torchrun matches one process."""
 import argparse
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,10 +17,10 @@ from benchmarks import p3_svd_step, p4_realtime, rank_forward, train_step
 from common import cli
 from common.cli import UserError
 from common.mnist.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
-from common.mnist.mlp import baseline_path
-from common.train import load_checkpoint
+from common.mnist.mlp import MLP, baseline_path, load_baseline
+from common.train import load_checkpoint, save_checkpoint
 import p1_svd
-from conftest import read_json, run_main, run_script
+from conftest import ROOT, read_json, run_main, run_script
 
 SCRIPTS = [p1_svd, p2_factorized, p3_svd_ste, p4_denoise, p5_draw, rank_forward, p4_realtime, p3_svd_step, train_step]
 
@@ -52,6 +55,91 @@ def test_missing_mnist_and_no_network_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(UserError) as error:
         fetch_mnist(root=tmp_path / "data", mirror=tmp_path / "none")
     assert all(word in str(error.value) for word in ("MNIST", "HW3_MNIST_MIRROR", str(tmp_path / "none")))
+
+
+def test_a_damaged_mirror_file_is_named_and_never_sticks(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # no download to hide it
+    mirror, raw = tmp_path / "mirror", tmp_path / "data" / "MNIST" / "raw"
+    mirror.mkdir()
+    for f in MNIST_FILES:
+        shutil.copy(MNIST_MIRROR / f, mirror / f)
+    good = (mirror / MNIST_FILES[3]).read_bytes()
+    (mirror / MNIST_FILES[3]).write_bytes(good[:2000])  # truncated
+    with pytest.raises(UserError, match=f"{mirror / MNIST_FILES[3]} is damaged: its MD5 is not that of MNIST's"):
+        fetch_mnist(root=tmp_path / "data", mirror=mirror)
+    assert not (raw / MNIST_FILES[3]).exists()  # the bad copy was not kept
+    (mirror / MNIST_FILES[3]).write_bytes(good)  # the mirror fixed: the next run copies it
+    assert fetch_mnist(root=tmp_path / "data", mirror=mirror)["test"][1].shape == (10_000,)
+    # a damaged copy that an earlier run left in raw/ is replaced from the mirror, not read
+    (raw / MNIST_FILES[3][:-3]).unlink()
+    (raw / MNIST_FILES[3]).write_bytes(good[:2000])
+    assert fetch_mnist(root=tmp_path / "data", mirror=mirror)["test"][1].shape == (10_000,)
+
+
+def test_data_path_problems_are_one_line(tmp_path):
+    """HW3_DATA at a file, an extracted file replaced by a folder, labels beyond 9."""
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot create .*a_file/MNIST/raw: Not a directory; set HW3_DATA"):
+        fetch_mnist(root=tmp_path / "a_file", mirror=tmp_path / "none")
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        shutil.copy(DATA_DIR / "MNIST" / "raw" / f[:-3], raw / f[:-3])
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:13] + bytes([200]) + labels.read_bytes()[14:])
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte holds the label 200; MNIST's labels are 0 to 9"):
+        fetch_mnist(root=tmp_path / "data", mirror=tmp_path / "none")
+    images = raw / "train-images-idx3-ubyte"
+    images.unlink()
+    images.mkdir()
+    with pytest.raises(UserError, match="train-images-idx3-ubyte is a folder, not an MNIST file"):
+        fetch_mnist(root=tmp_path / "data", mirror=tmp_path / "none")
+
+
+# as root, a folder without permissions is searchable unless the capabilities to override them are dropped
+UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+LOCKED = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+from common.cli import run_cli
+from common.mnist.data import fetch_mnist
+import p2_factorized
+for call in (lambda: fetch_mnist(root=sys.argv[1]),
+             lambda: p2_factorized.main(["--dry-run", "--seeds", "1", "--ckpt-dir", sys.argv[2], "--out", sys.argv[3]])):
+    try:
+        run_cli(call)
+    except SystemExit as e:
+        print("exit", e.code, file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_folders_the_user_may_not_write_or_search_are_one_line(tmp_path):
+    """HW3_DATA at a folder that is not writable; a checkpoint folder without search permission."""
+    (tmp_path / "readonly").mkdir(mode=0o555)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt").chmod(0o600)  # readable and writable, not searchable
+    try:
+        proc = subprocess.run([*UNPRIVILEGED, sys.executable, "-c", LOCKED, tmp_path / "readonly", tmp_path / "ckpt",
+                               tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        (tmp_path / "ckpt").chmod(0o755)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and len(lines) == 4, proc.stderr
+    assert "cannot create" in lines[0] and "readonly/MNIST/raw: Permission denied" in lines[0] and lines[1] == "exit 2"
+    assert "cannot use" in lines[2] and "ckpt/p1_baseline_seed0.pt: permission denied" in lines[2], lines
+    assert lines[3] == "exit 2"
+
+
+def test_another_scripts_checkpoint_in_the_baselines_place(tmp_path):
+    save_checkpoint(baseline_path(tmp_path, 0), config={"kind": "mse", "hidden": 8}, model={}, done=True)
+    with pytest.raises(UserError, match="is not a P1 baseline .*another script's checkpoint.*--overwrite"):
+        load_baseline(tmp_path, 0)
+    weights = {k: torch.zeros(2) for k in MLP(width=8).state_dict()}  # a baseline's config, other tensors
+    save_checkpoint(baseline_path(tmp_path, 0), config={"depth": 5, "width": 8}, model=weights, done=True)
+    with pytest.raises(UserError, match="is not a P1 baseline of width 8: its weights do not fit"):
+        load_baseline(tmp_path, 0)
 
 
 @pytest.mark.parametrize("args, words", [

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cli import UserError
-from ..files import ROOT
+from ..files import ROOT, atomic_path, file_kind
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -31,31 +31,69 @@ def fetch_mnist(root=DATA_DIR, mirror=MNIST_MIRROR):
 
     The four files are read from root/MNIST/raw once extracted there. Missing, they are copied from the mirror (if it
     has them) and torchvision verifies and extracts them; without a mirror, torchvision's own download is tried. If
-    that fails too, the error says exactly where to put the files.
+    that fails too, the error says exactly where to put the files. Every problem is a one-line error naming the file.
     """
     raw = Path(root) / "MNIST" / "raw"
-    if not all((raw / f[:-3]).exists() for f in MNIST_FILES):
-        missing = [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f[:-3]).exists()]
-        if missing and all((Path(mirror) / f).exists() for f in missing):
-            raw.mkdir(parents=True, exist_ok=True)
-            for f in missing:
-                shutil.copyfile(Path(mirror) / f, raw / f)
-        import torchvision  # only here: it checks the .gz files' checksums and extracts them (or downloads them)
-        try:
-            for train in (True, False):
-                torchvision.datasets.MNIST(root, train=train, download=True)
-        except (RuntimeError, OSError) as e:
-            raise UserError(
-                f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}); copy the four "
-                f"files {', '.join(MNIST_FILES)} into {mirror} or set HW3_MNIST_MIRROR to a folder holding them")
-    return {split: (read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte").long())
-            for split, prefix in (("train", "train"), ("test", "t10k"))}
+    for f in MNIST_FILES:
+        kind = file_kind(raw / f[:-3])
+        if kind not in ("file", "missing"):
+            raise UserError(f"{raw / f[:-3]} is {kind}, not an MNIST file; remove it and run again")
+    if not all(file_kind(raw / f[:-3]) == "file" for f in MNIST_FILES):
+        _extract(root, raw, Path(mirror))
+    mnist = {split: (read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte"))
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    for split, (images, labels) in mnist.items():
+        prefix = "train" if split == "train" else "t10k"
+        if images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise UserError(f"{raw}/{prefix}-*-ubyte hold {tuple(images.shape)} images and {len(labels)} labels, not "
+                            f"MNIST's 28 x 28 images with a label each (damaged?); delete them and run again")
+        if len(labels) and int(labels.max()) > 9:
+            raise UserError(f"{raw / prefix}-labels-idx1-ubyte holds the label {int(labels.max())}; MNIST's labels "
+                            f"are 0 to 9 (a damaged file?); delete it and run again")
+    return {split: (images, labels.long()) for split, (images, labels) in mnist.items()}
+
+
+def _extract(root, raw, mirror):
+    """Copy the missing .gz files from the mirror into `raw`, each checked against MNIST's MD5 (a damaged copy, or one
+    an earlier run left, is removed, never kept), then let torchvision extract them (or download what is missing)."""
+    import torchvision  # only here: it checks the .gz files' checksums and extracts them (or downloads them)
+    from torchvision.datasets.utils import check_integrity
+    md5 = dict(torchvision.datasets.MNIST.resources)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {raw}: {e.strerror}; set HW3_DATA to a writable folder") from None
+    for f in MNIST_FILES:
+        if file_kind(raw / f[:-3]) == "file":
+            continue
+        if file_kind(raw / f) == "file" and not check_integrity(str(raw / f), md5[f]):
+            (raw / f).unlink()  # damaged (an earlier copy): copied or downloaded anew below
+        if file_kind(raw / f) == "missing" and file_kind(mirror / f) == "file":
+            try:
+                with atomic_path(raw / f) as tmp:
+                    shutil.copyfile(mirror / f, tmp)
+            except OSError as e:
+                raise UserError(f"cannot copy {mirror / f} into {raw}: {e.strerror}") from None
+            if not check_integrity(str(raw / f), md5[f]):
+                (raw / f).unlink()
+                raise UserError(f"{mirror / f} is damaged: its MD5 is not that of MNIST's {f}; replace it with the "
+                                f"canonical file (HW3_MNIST_MIRROR names the mirror)")
+    try:
+        for train in (True, False):
+            torchvision.datasets.MNIST(root, train=train, download=True)
+    except (RuntimeError, OSError) as e:
+        raise UserError(
+            f"MNIST is not in {raw} and could not be downloaded ({type(e).__name__}); copy the four "
+            f"files {', '.join(MNIST_FILES)} into {mirror} or set HW3_MNIST_MIRROR to a folder holding them") from None
 
 
 def read_idx(path):
     """An IDX file of unsigned bytes (MNIST's format: a 4-byte magic number 0x0000080D, D the number of dimensions,
     then D big-endian 4-byte sizes, then the bytes) as a uint8 tensor of those sizes."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}; delete it and run again") from None
     dims = data[3] if len(data) >= 4 and data[:3] == b"\x00\x00\x08" else 0
     shape = tuple(np.frombuffer(data, dtype=">u4", count=dims, offset=4).tolist()) if dims else ()
     if not dims or len(data) != 4 + 4 * dims + int(np.prod(shape)):

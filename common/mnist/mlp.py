@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from ..cli import UserError
+from ..files import file_kind
 from ..train import best_weights, evaluate, load_checkpoint
 
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081  # MNIST training-set statistics
+DEPTH, MAX_WIDTH = 5, 4096  # the homework's 5 hidden layers; the widest P1 trains (5 x 4096^2 weights: 336 MB)
 
 
 class MLP(nn.Module):
@@ -65,17 +67,27 @@ def baseline_path(ckpt_dir, seed):
 
 
 def load_baseline(ckpt_dir, seed, device="cpu"):
-    """(model in eval mode on `device`, its training config) of P1's finished baseline for `seed`."""
+    """(model in eval mode on `device`, its training config) of P1's finished baseline for `seed`. Anything else at
+    its path (another script's checkpoint, an unfinished run) is a one-line error saying how to train it."""
     path = baseline_path(ckpt_dir, seed)
-    if not path.exists():
-        raise UserError(f"baseline {path} not found; train it first with: python p1_svd.py --seeds {seed + 1}"
-                        f" (add the same --ckpt-dir/--dry-run you used here)")
+    train, same = f"python p1_svd.py --seeds {seed + 1}", "(add the same --ckpt-dir/--dry-run you used here)"
+    if file_kind(path) == "missing":
+        raise UserError(f"baseline {path} not found; train it first with: {train} {same}")
     ckpt = load_checkpoint(path)
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or config.get("depth") != DEPTH or type(config.get("width")) is not int or \
+            not 1 <= config["width"] <= MAX_WIDTH:
+        raise UserError(f"{path} is not a P1 baseline (its config is not a {DEPTH}-layer MLP's of width 1 to "
+                        f"{MAX_WIDTH}: another script's checkpoint?); replace it with: {train} --overwrite {same}")
     if not ckpt.get("done"):
         raise UserError(f"baseline {path} is unfinished; finish it with: python p1_svd.py --resume")
-    config = ckpt["config"]
     model = MLP(width=config["width"], depth=config["depth"])
-    model.load_state_dict(best_weights(ckpt))
+    try:
+        model.load_state_dict(best_weights(ckpt))
+    except (RuntimeError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a P1 baseline of width {config['width']}: its weights do not fit ({reason})"
+                        ) from None
     return model.to(device).eval(), config
 
 
