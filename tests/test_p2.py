@@ -104,7 +104,7 @@ def test_a_replaced_baseline_makes_p2_refuse_its_old_fine_tune(dry_p2, tmp_path,
     ckpt = copy_checkpoints(dry_p2[1], tmp_path / "ckpt")  # P1's baseline and P2's fine-tune
     p1_svd.main(["--dry-run", "--quiet", "--seeds", "1", "--lr", "0.001", "--overwrite", "--out", str(tmp_path / "p1"),
                  "--ckpt-dir", str(ckpt)])
-    code, err = run_main(p2.main, ["--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "p2", "--ckpt-dir", ckpt],
-                         capsys)
+    argv = ["--dry-run", "--quiet", "--seeds", "1", "--out", tmp_path / "p2", "--ckpt-dir", ckpt]
+    code, err = run_main(p2.main, argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "p2_factorized_seed0.pt holds a finished run with other settings: " \
         "baseline=" in err and "--overwrite" in err, err

@@ -105,8 +105,8 @@ sys.path.insert(0, os.getcwd())
 from common.cli import run_cli
 from common.mnist.data import fetch_mnist
 import p2_factorized
-for call in (lambda: fetch_mnist(root=sys.argv[1]),
-             lambda: p2_factorized.main(["--dry-run", "--seeds", "1", "--ckpt-dir", sys.argv[2], "--out", sys.argv[3]])):
+p2 = ["--dry-run", "--seeds", "1", "--ckpt-dir", sys.argv[2], "--out", sys.argv[3]]
+for call in (lambda: fetch_mnist(root=sys.argv[1]), lambda: p2_factorized.main(p2)):
     try:
         run_cli(call)
     except SystemExit as e:
