@@ -35,8 +35,8 @@ from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_arg
 from common.files import resolve_dirs, save_config, save_json, shown_path
 from common.precision import add_precision_flag, machine, resolve_precision, torch_threads
 from common.speech.audio import read_audio
-from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, distinct_speech,
-                                ensure_data, pad_batch, source_path, speed_list, split_paths)
+from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, check_mixture,
+                                distinct_speech, ensure_data, pad_batch, source_path, speed_list, split_paths)
 from common.speech.denoise import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
 from common.speech.figures import make_figures
 from common.speech.listening import write_examples
@@ -103,14 +103,13 @@ def ideal_binary_mask(S, N):
 
 
 def load_split(data_dir, split, limit=None, digest=None):
-    """tr or v as dicts: name, s, n (signals); v also x, X = stft(x) and the IBM. x, s, n must be 16 kHz and equally
-    long (the error names the file). `digest` (hashlib) is fed every mixture: the training config pins the data."""
+    """tr or v as dicts: name, s, n (signals); v also x, X = stft(x) and the IBM. x, s, n must be 16 kHz, equally
+    long, and s and n not silent (the error names the file). `digest` (hashlib) is fed every mixture: the training
+    config pins the data."""
     files = []
     for path in split_paths(data_dir, split)[:limit]:
         x, s, n = (read_audio(source_path(path, role) if role != "x" else path, RATE)[0] for role in "xsn")
-        if not len(x) == len(s) == len(n):
-            raise UserError(f"{path}: x, s, n have different lengths ({len(x)}, {len(s)}, {len(n)} samples); "
-                            f"each mixture needs its speech and noise of the same length")
+        check_mixture(path, x, s, n)  # equally long, neither speech nor noise silent
         item = {"name": path.name, "s": s, "n": n}
         if split == "v":
             item.update(x=x, X=stft(x), mask=ideal_binary_mask(stft(s), stft(n)))  # X, mask: (frames, 513)

@@ -90,8 +90,25 @@ def writable_target(path):
 
 
 def save_json(path, obj):
+    """`obj` as JSON at `path`, atomically. A NaN or an infinity in it is a result gone wrong: a one-line error
+    naming its key, and nothing is written (JSON itself has no such numbers)."""
+    bad = _non_finite(obj)
+    if bad is not None:
+        raise UserError(f"{shown_path(path)} would hold a non-finite number at {bad or 'its top'}; nothing was written")
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _non_finite(obj, where=""):
+    """The key path ('a/b/0') of the first NaN or infinity in `obj`, or None."""
+    if isinstance(obj, float):
+        return where if obj != obj or obj in (float("inf"), float("-inf")) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}/{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def shown_path(path):

@@ -1,6 +1,11 @@
 """Problem 4: the STFT against librosa, the IBM, SNR and SI-SDR, the training mixtures, causality of the model and
 of its running statistics, streaming == whole file, the folder form of `denoise`, bf16 training, the listening
 examples, the te zip, and the dry run (once per module, shared by the tests that read it)."""
+import signal
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 
 import librosa
@@ -369,6 +374,20 @@ def test_training_data_errors_name_the_file(tmp_path):
         p4.load_split(tmp_path / "d" / "tr", "v")
 
 
+def test_silent_speech_or_noise_is_refused_never_a_nan_score(tmp_path, capsys):
+    """A `v` file whose speech is silent has no SNR (0 / 0 or -inf): the run is refused, naming the file, before any
+    training, and no metrics.json is written; so is a file whose noise is silent (an infinite input SNR)."""
+    make_data(tmp_path / "d", {"tr": 20, "v": 10, "te": 1})
+    sf.write(tmp_path / "d" / "v" / "vs0003.wav", np.zeros(RATE, np.float32), RATE, subtype="FLOAT")
+    code, err = run_main(p4.main, ["--dry-run", "--quiet", "--data-dir", tmp_path / "d", "--out", tmp_path / "out",
+                                   "--ckpt-dir", tmp_path / "ckpt"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "vs0003.wav: the speech is silent, so its SNR is undefined" in err
+    assert not (tmp_path / "out" / "metrics.json").exists() and not list((tmp_path / "ckpt").glob("*.pt"))
+    sf.write(tmp_path / "d" / "tr" / "trn0001.wav", np.full(RATE, 1e-5, np.float32), RATE, subtype="FLOAT")
+    with pytest.raises(UserError, match=r"trn0001\.wav: the noise is silent"):
+        p4.load_split(tmp_path / "d", "tr")
+
+
 def test_data_folder_missing_or_built(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="data folder .* not found"):
         speech_data.ensure_data(tmp_path / "nowhere")
@@ -383,7 +402,48 @@ def test_data_folder_missing_or_built(tmp_path, monkeypatch):
     monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "source"))
     assert speech_data.ensure_data(None) == tmp_path / "data" / "hw3"
     assert sorted(p.name for p in (tmp_path / "data" / "hw3").iterdir()) == ["te", "tr", "v"]
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["hw3"]  # no half-built folder left beside it
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".hw3.lock", "hw3"]  # no half-built folder
+
+
+def test_a_stop_while_the_data_builds_removes_the_half_built_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(speech_data, "DEFAULT_DATA", tmp_path / "data" / "hw3")
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "build_hw3.py").write_text(  # a build that takes long, half done when the stop comes
+        "import sys, pathlib, time\nout = pathlib.Path(sys.argv[1])\n(out / 'tr').mkdir(parents=True)\n"
+        "(out / 'tr' / 'trx0000.wav').write_bytes(bytes(10**6))\ntime.sleep(120)\n")
+    monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "source"))
+    main = threading.main_thread().ident
+
+    def stop_once_half_built():
+        deadline = time.time() + 60
+        while not list((tmp_path / "data").glob(".hw3.building-*/tr/trx0000.wav")) and time.time() < deadline:
+            time.sleep(0.02)
+        signal.pthread_kill(main, signal.SIGTERM)  # to the main thread, as a `kill` would stop the command
+
+    threading.Thread(target=stop_once_half_built, daemon=True).start()
+    code, err = run_main(lambda argv: speech_data.ensure_data(None), [], capsys)
+    assert code == 143 and err == "error: stopped by SIGTERM; nothing half-written was left behind\n", err
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [".hw3.lock"]  # what it said: nothing half-built
+
+
+def test_two_first_runs_at_once_one_builds_the_other_waits(tmp_path, monkeypatch, capsys):
+    """The second run waits on the lock the first holds, then uses what the first built (it builds nothing)."""
+    data = tmp_path / "data" / "hw3"
+    monkeypatch.setattr(speech_data, "DEFAULT_DATA", data)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "build_hw3.py").write_text("raise SystemExit('the second run must not build')\n")
+    monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "source"))
+    data.parent.mkdir()
+    first = subprocess.Popen([sys.executable, "-c", (  # the first run, holding the lock while it builds
+        "import fcntl, os, pathlib, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('building', flush=True)\ntime.sleep(1)\n"
+        "for d in ('tr', 'v', 'te'): (pathlib.Path(sys.argv[2]) / d).mkdir(parents=True)\n"),
+        data.with_name(".hw3.lock"), data], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline() == "building\n"
+    capsys.readouterr()
+    assert speech_data.ensure_data(None) == data and first.wait(30) == 0
+    assert "waiting for another run that is building" in capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir()) == ["te", "tr", "v"]
 
 
 # ----------------------------------------------------------------------------- the script

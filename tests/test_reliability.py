@@ -18,6 +18,7 @@ from common import cli
 from common.cli import UserError
 from common.mnist.data import DATA_DIR, MNIST_FILES, MNIST_MIRROR, fetch_mnist, read_idx
 from common.mnist.mlp import MLP, baseline_path, load_baseline
+from common.files import save_json
 from common.train import load_checkpoint, save_checkpoint
 import p1_svd
 from conftest import ROOT, read_json, run_main, run_script
@@ -203,6 +204,26 @@ def test_only_devices_that_exist_here(tmp_path, capsys, device):
         code, err = run_main(script.main, ["--dry-run", "--device", device, "--out", tmp_path / "o"], capsys)
         assert code == 2 and err.startswith("error: --device") and err.count("\n") == 1, (script.__name__, err)
     assert cli.pick_device("cpu") == torch.device("cpu")
+
+
+def test_a_nan_or_infinity_never_reaches_a_results_file(tmp_path):
+    save_json(tmp_path / "metrics.json", {"kept": 1})
+    for bad, where in (({"v": {"systems": {"gru": [1.0, float("nan")]}}}, "v/systems/gru/1"),
+                       ({"gain": float("-inf")}, "gain")):
+        with pytest.raises(UserError, match=f"would hold a non-finite number at {where}; nothing was written"):
+            save_json(tmp_path / "metrics.json", bad)
+        assert read_json(tmp_path / "metrics.json") == {"kept": 1}
+
+
+def test_output_paths_that_are_folders_are_one_line_before_any_work(tmp_path, capsys):
+    """metrics.json (and any file the run writes) at a folder: refused at the start, not after the training."""
+    (tmp_path / "o" / "metrics.json").mkdir(parents=True)
+    code, err = run_main(p1_svd.main, ["--dry-run", "--seeds", "1", "--out", tmp_path / "o", "--ckpt-dir",
+                                       tmp_path / "c"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "metrics.json: it is a folder" in err, err
+    assert not (tmp_path / "c" / "p1_baseline_seed0.pt").exists()  # nothing trained
+    with pytest.raises(UserError, match="cannot write .*metrics.json: it is a folder"):
+        save_json(tmp_path / "o" / "metrics.json", {})
 
 
 def test_unwritable_output(tmp_path, capsys):

@@ -456,6 +456,37 @@ def test_a_signal_ends_denoise_with_one_line_and_nothing_half_written(tmp_path, 
     assert not (tmp_path / "out" / "short.wav").exists()
 
 
+def test_a_symlink_loop_in_a_folder_fails_alone_and_a_name_that_is_not_utf8_is_read(tmp_path, model_file, capfd):
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", noise(0.3), 16000, subtype="PCM_16")
+    odd = tmp_path / "in" / os.fsdecode(b"caf\xe9.wav")  # Latin-1, as an old system names it
+    shutil.copy(tmp_path / "in" / "a.wav", odd)
+    os.symlink("loop.wav", tmp_path / "in" / "loop.wav")
+    code, out, err = denoise([tmp_path / "in", "--out-dir", tmp_path / "out", "--model", model_file], capfd)
+    assert code == 2 and len(err) == 1 and "loop.wav: it is a symbolic link loop" in err[0], err
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["a.wav", odd.name]) and "2 of 3 recordings denoised" in out
+    code, out, err = denoise([odd, tmp_path / "one.wav", "--model", model_file], capfd)
+    assert code == 0 and err == [] and sf.info(tmp_path / "one.wav").frames == 4800, err
+    assert (tmp_path / "one.wav").read_bytes() == (tmp_path / "out" / "a.wav").read_bytes()
+
+
+def test_a_te_zip_at_a_folder_is_refused_before_any_denoising(tmp_path, model_file, capfd, monkeypatch):
+    (tmp_path / "d" / "te").mkdir(parents=True)
+    sf.write(tmp_path / "d" / "te" / "tex0000.wav", noise(0.3), 16000, subtype="PCM_16")
+    (tmp_path / "te.zip").mkdir()
+    denoised = []
+    monkeypatch.setattr(denoise_module, "denoise_file", lambda *args: denoised.append(args))
+    try:
+        run_cli(lambda: p4.main(["te-zip", str(tmp_path / "te.zip"), "--data-dir", str(tmp_path / "d"), "--model",
+                                 str(model_file)]))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert_one_line_error(code, err, "te.zip: it is a folder")
+    assert not denoised and (tmp_path / "te.zip").is_dir()
+
+
 def test_flags_and_headers_that_would_explode_are_refused(tmp_path, model_file, capfd, monkeypatch):
     sf.write(tmp_path / "in.wav", np.zeros(8000, np.float32), 16000)
     for flags, words in ((["--block-seconds", "inf"], "--block-seconds"), (["--block-seconds", "1e9"], "0.01 to 60"),

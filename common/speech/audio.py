@@ -81,8 +81,8 @@ class AudioReader:
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         try:
-            with decoder_warnings_silenced():
-                self.file = sf.SoundFile(path)
+            with decoder_warnings_silenced():  # the name as bytes: one that is not UTF-8 is a name all the same
+                self.file = sf.SoundFile(os.fsencode(path))
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
             raise UserError(f"{path} is not a readable sound file ({_reason(e)})") from None
         self.rate, self.channels, self.frames = self.file.samplerate, self.file.channels, self.file.frames

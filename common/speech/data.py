@@ -6,6 +6,8 @@ What training draws its mixtures from: the distinct speech recordings (at some s
 (`SpeechWindows`), and the noise recordings (`NoisePool`); p4_denoise.py mixes them anew at every step.
 """
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -17,12 +19,13 @@ import soxr
 import torch
 from torch import nn
 
-from ..cli import UserError
+from ..cli import UserError, stops_deferred
 from ..files import ROOT, file_kind
 from .stft import RATE
 
 SPLITS = ("tr", "v", "te")
 DEFAULT_DATA = ROOT / "data" / "hw3"
+SILENT = 1e-4  # a peak below this (-80 dBFS) is silence
 # files NNN0..NNN9 are one sentence under ten kinds of noise, in this order in build_hw3.py's data (its README);
 # the course's own data has ten kinds of its own
 NOISE_TYPES = ["babble", "birds", "boat engine", "cafe", "city street", "exercise bike", "kitchen dishes", "music",
@@ -30,7 +33,10 @@ NOISE_TYPES = ["babble", "birds", "boat engine", "cafe", "city street", "exercis
 
 
 def ensure_data(data_dir):
-    """The data folder; `None` means data/hw3, built from the shared recordings when it is missing."""
+    """The data folder; `None` means data/hw3, built from the shared recordings when it is missing.
+
+    The build goes to a temporary folder that becomes data/hw3 only when complete; a stop or a failure removes it.
+    Two first runs at once: one builds (under a lock, data/.hw3.lock), the other waits for it, then uses its result."""
     if data_dir is not None:
         if file_kind(data_dir) != "a folder":
             raise UserError(f"data folder {data_dir} not found; pass --data-dir with the homework-3 speech data "
@@ -44,15 +50,57 @@ def ensure_data(data_dir):
         raise UserError(f"no speech data in {DEFAULT_DATA} and no {builder} to build it from; set "
                         f"HW3_SPEECH_SOURCE to the folder holding build_hw3.py, or pass --data-dir with the "
                         f"course's homework3 data")
-    building = DEFAULT_DATA.with_name(f".{DEFAULT_DATA.name}.building-{os.getpid()}")
-    print(f"[p4] building {DEFAULT_DATA} from {source} (about 10 s, 600 MB)", flush=True)
-    proc = subprocess.run([sys.executable, str(builder), str(building)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        reason = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise UserError(f"building the speech data with {builder} failed: {reason}")
-    os.replace(building, DEFAULT_DATA)  # a half-built folder never looks like data
+    with _build_lock(DEFAULT_DATA.with_name(f".{DEFAULT_DATA.name}.lock")):
+        if file_kind(DEFAULT_DATA) == "a folder":  # another run built it meanwhile
+            return DEFAULT_DATA
+        for stale in DEFAULT_DATA.parent.glob(f".{DEFAULT_DATA.name}.building-*"):  # a killed build's: the lock is ours
+            shutil.rmtree(stale, ignore_errors=True)
+        building = DEFAULT_DATA.with_name(f".{DEFAULT_DATA.name}.building-{os.getpid()}")
+        print(f"[p4] building {DEFAULT_DATA} from {source} (about 10 s, 600 MB)", flush=True)
+        try:
+            proc = subprocess.run([sys.executable, str(builder), str(building)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                reason = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+                raise UserError(f"building the speech data with {builder} failed: {reason}")
+            os.replace(building, DEFAULT_DATA)  # a half-built folder never looks like data
+        finally:
+            with stops_deferred():  # removed whole, whatever comes meanwhile (nothing once it is data/hw3)
+                shutil.rmtree(building, ignore_errors=True)
     return DEFAULT_DATA
+
+
+@contextlib.contextmanager
+def _build_lock(path):
+    """An exclusive lock on `path` (flock): the one run holding it builds; another waits here, and a stop while it
+    waits stops it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot build the speech data in {path.parent}: {e.strerror}; pass --data-dir") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[p4] waiting for another run that is building {DEFAULT_DATA}", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def check_mixture(path, x, s, n):
+    """A mixture x = s + n and its speech and noise as read from `path` (tr or v): equally long, and neither part
+    silent (peak below -80 dBFS, a few 16-bit steps), since the SNR of a file with silent speech is undefined and
+    that of one with silent noise infinite. Each problem is a one-line error naming the file."""
+    if not len(x) == len(s) == len(n):
+        raise UserError(f"{path}: x, s, n have different lengths ({len(x)}, {len(s)}, {len(n)} samples); "
+                        f"each mixture needs its speech and noise of the same length")
+    for role, part in (("s", s), ("n", n)):
+        if not np.abs(part).max() >= SILENT:
+            what = "speech is silent, so its SNR is undefined" if role == "s" else "noise is silent: no noise to remove"
+            raise UserError(f"{source_path(path, role)}: the {what} (peak below -80 dBFS); remove {path.name} and its "
+                            f"speech and noise from {path.parent}, or replace them")
 
 
 def split_paths(data_dir, split):

@@ -214,14 +214,22 @@ def _identity(path):
 
 
 def _sounds_in(folder):
+    """[(path, None)] for the sound files in `folder`, and [(path, UserError)] for an entry that cannot be looked at
+    (a symbolic link loop): that one fails, the others are still done."""
     try:
         found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SOUND_SUFFIXES)
     except OSError as e:
         raise UserError(f"cannot list folder {folder}: {e.strerror}") from None
-    found = [p for p in found if file_kind(p) == "file"]
-    if not found:
+    entries = []
+    for path in found:
+        try:
+            if file_kind(path) == "file":
+                entries.append((path, None))
+        except UserError as e:
+            entries.append((path, e))
+    if not entries:
         raise UserError(f"folder {folder} holds no sound files ({', '.join(sorted(SOUND_SUFFIXES))})")
-    return found
+    return entries
 
 
 def plan_outputs(paths, out_dir, overwrite_input):
@@ -239,11 +247,11 @@ def plan_outputs(paths, out_dir, overwrite_input):
         pairs = []
         for path in paths:
             try:
-                inputs = _sounds_in(path) if file_kind(path) == "a folder" else [path]
+                inputs = _sounds_in(path) if file_kind(path) == "a folder" else [(path, None)]
             except UserError as e:
                 pairs.append((path, e))
                 continue
-            pairs += [(src, out_dir / f"{src.stem}.wav") for src in inputs]
+            pairs += [(src, error or out_dir / f"{src.stem}.wav") for src, error in inputs]
     inputs = {}
     for src, _ in pairs:
         with contextlib.suppress(UserError):
@@ -280,7 +288,9 @@ class Stdout:
     def print(self, text):
         if self.failed is None:
             try:
-                print(text, flush=True)
+                # a file name that is not UTF-8 is shown with its odd bytes escaped (stdout's encoding is strict)
+                print(text.encode(sys.stdout.encoding or "utf-8", "backslashreplace").decode(sys.stdout.encoding or
+                                                                                            "utf-8"), flush=True)
             except OSError as e:
                 self.failed = e.strerror or type(e).__name__
                 with contextlib.suppress(OSError, ValueError):
