@@ -27,7 +27,8 @@ def run_jobs(function, jobs, workers=1, threads=0):
     workers > 1: up to that many jobs at once, each in a fresh process (spawned: no forked thread pools; `function`
     and the jobs must pickle). A job that seeds itself gives the same result either way. SIGINT or SIGTERM at any
     moment reaches every running job (a training checkpoints and stops; --resume continues it) and ends this call
-    with the stop; a job whose parent dies stops the same way, and no process outlives the call.
+    with the stop; on Linux a job whose parent dies (even by SIGKILL) stops the same way, so no process outlives
+    the call.
     """
     if workers == 1 or len(jobs) < 2:
         return [_on_threads(function, threads, job) for job in jobs]
@@ -52,8 +53,8 @@ def run_jobs(function, jobs, workers=1, threads=0):
                 writer.close()
             ready = wait([reader for _, reader in running.values()])
             for i in [i for i, (_, reader) in running.items() if reader in ready]:
-                results[i] = _outcome(*running.pop(i))
-                if isinstance(results[i], BaseException):
+                done, results[i] = _outcome(*running.pop(i))
+                if not done:
                     failed = results[i]
                     raise failed
     except BaseException as error:
@@ -62,7 +63,7 @@ def run_jobs(function, jobs, workers=1, threads=0):
             for process, _ in running.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
-            stopped = [_outcome(process, reader, GRACE_SECONDS) for process, reader in running.values()]
+            stopped = [_outcome(process, reader, GRACE_SECONDS)[1] for process, reader in running.values()]
         # a stop ends with what each stopped job says it saved (the stop of this process says nothing of them)
         stops = [str(e) for e in [error] * (error is failed) + stopped if isinstance(e, Stopped)]
         if isinstance(error, Stopped) and stops:
@@ -77,7 +78,8 @@ def _on_threads(function, threads, job):
 
 
 def _outcome(process, reader, timeout=None):
-    """What a job's process sent back (its result, or the exception that ended it), once it has exited."""
+    """(True, its result) or (False, the exception that ended it): what a job's process sent back, once it has
+    exited."""
     try:
         if timeout is not None and not reader.poll(timeout):
             process.kill()
@@ -90,14 +92,14 @@ def _outcome(process, reader, timeout=None):
         process.join()
     reader.close()
     if outcome is None:
-        return UserError(f"a training process ended without a result (exit code {process.exitcode}); "
-                         f"run again with --resume")
-    return outcome[1]
+        return False, UserError(f"a training process ended without a result (exit code {process.exitcode}); "
+                                f"run again with --resume")
+    return outcome
 
 
 def _job(conn, parent, function, threads, job):
     """A job's process: SIGINT and SIGTERM stop it as they stop its parent, and SIGTERM comes when its parent dies.
-    Sends back ("done", result) or ("failed", the exception that ended it)."""
+    Sends back (True, result) or (False, the exception that ended it)."""
     try:
         install_stop_handlers()
         if sys.platform.startswith("linux"):
@@ -105,12 +107,12 @@ def _job(conn, parent, function, threads, job):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one that came while it started is handled now
         if os.getppid() != parent:  # the parent died before this process could ask to be told
             raise Stopped(signal.SIGTERM, "stopped: the process that started this job is gone")
-        outcome = "done", _on_threads(function, threads, job)
+        outcome = True, _on_threads(function, threads, job)
     except (UserError, Stopped) as e:
-        outcome = "failed", e
+        outcome = False, e
     except BaseException as e:  # a bug: its traceback here, and the parent fails too
         traceback.print_exc()
-        outcome = "failed", RuntimeError(f"a training process failed: {type(e).__name__}: {e}")
+        outcome = False, RuntimeError(f"a training process failed: {type(e).__name__}: {e}")
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # nothing may cut the answer short
     with contextlib.suppress(OSError):  # plain pickle: tensors go by value (torch's would need this process alive)
         conn.send_bytes(pickle.dumps(outcome))
