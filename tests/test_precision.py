@@ -63,18 +63,21 @@ def test_a_checkpoint_is_reused_only_by_its_own_precision(tmp_path):
     path = tmp_path / "run.pt"
     runs = []
 
-    def run(precision):
+    def run(precision, overwrite=False):
         model, data = tiny_problem()
         runs.append(precision)
         return train_or_reuse(model, cross_entropy, data, validate=lambda m: {"score": 0.0}, monitor="score",
                               warmup=0, epochs=1, batch_size=32, lr=1e-2, weight_decay=0.0, seed=0, ckpt_path=path,
-                              config={"precision": precision}, device="cpu", precision=precision, quiet=True)
+                              config={"precision": precision}, overwrite=overwrite, device="cpu", precision=precision,
+                              quiet=True)
 
     first = run("bf16")
     assert run("bf16") == first  # reused: the same history, nothing trained
     with pytest.raises(UserError, match="precision"):  # the finished bf16 run is not an fp32 run
         load_checkpoint(path, config={"precision": "fp32"})
-    assert run("fp32") != first  # trained anew in fp32, replacing the bf16 checkpoint
+    with pytest.raises(UserError, match="precision='bf16' but this run asks for precision='fp32'; pass --overwrite"):
+        run("fp32")  # never replaced silently
+    assert run("fp32", overwrite=True) != first  # trained anew in fp32, replacing the bf16 checkpoint
     assert load_checkpoint(path)["config"] == {"precision": "fp32"}
 
 
