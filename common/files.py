@@ -11,6 +11,7 @@ from pathlib import Path
 from .cli import UserError
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
+DATA_DIR = Path(os.environ.get("HW3_DATA", ROOT / "data"))  # MNIST/ and hw3/ (HW3_DATA moves it)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

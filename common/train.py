@@ -7,10 +7,8 @@ Problems differ only by what they pass in:
 `train_or_reuse` is how the problems call `fit`: it sets up AdamW and the learning-rate schedule, or
 reuses a finished run with the same config instead of training again.
 
-Precision: `fit` runs the forward pass and the loss under bf16 autocast when asked (`precision="bf16"`); the
-weights, their gradients and the optimizer state stay fp32, and `evaluate` always computes in fp32.
-`resolve_precision("auto", device)` picks bf16 only where the device multiplies bf16 in hardware (AMX or
-AVX512-BF16 on a CPU, a bf16-capable GPU); elsewhere bf16 is emulated and far slower than fp32.
+Precision: `fit` runs the forward pass and the loss under bf16 autocast when asked (`precision="bf16"`, see
+common/precision.py); the weights, their gradients and the optimizer state stay fp32, and `evaluate` computes in fp32.
 
 `fit` checkpoints every epoch (and on SIGINT/SIGTERM) atomically, with every piece of state needed to
 continue bit for bit: model, optimizer, scheduler, epoch and step, RNG state, best-so-far, history.
@@ -433,26 +431,13 @@ def best_record(history, monitor, mode="max"):
 def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", warmup, epochs, batch_size, lr,
                    weight_decay, seed, patience=None, clip_grad=None, collate_fn=None, ckpt_path, config,
                    resume=False, overwrite=False, device="cpu", precision="fp32", desc="train", quiet=False):
-    """Train `model` with `fit`, or reuse the finished run at `ckpt_path` if it was made with exactly `config`.
+    """Train `model` with `fit` under AdamW and a per-step learning-rate schedule, or reuse the finished run at
+    `ckpt_path` made with exactly `config` (any other checkpoint there: see `prior_run`).
 
-    Reuse: `model` gets that run's best weights and its history is returned; nothing trains. Any other checkpoint
-    there is continued (`resume`), replaced (`overwrite`), or refused with a one-line error (see `prior_run`).
-    Training: AdamW(lr, weight_decay) (fused where available, see `adamw`) with a learning rate that changes every step over
-    epochs * ceil(len(train_set) / batch_size) steps:
-        warmup > 0: one-cycle, `warmup` of the steps rising from lr / 25 to lr, then cosine down to lr / 25e4;
-        warmup = 0: cosine from lr straight down to 0.
-    (AdamW with weight_decay=0 is Adam.) The rest goes to `fit` as it is: validate, monitor and
-    mode pick the best epoch, patience stops early, clip_grad clips the gradient norm, precision ("fp32" or
-    "bf16", already resolved) sets the forward pass's autocast, and the checkpoint at `ckpt_path` holds `config`
-    so that the next run can tell whether it may reuse it: `config` must record the precision.
-
-    The global RNG (dropout masks) is the caller's: seed it before building `model`, e.g.
-        seed_everything(seed)
-        model = Net().to(device)
-        history = train_or_reuse(model, loss_fn, train_set, validate=validate, monitor="val_acc", warmup=0.1,
-                                 epochs=10, batch_size=256, lr=1e-3, weight_decay=0.0, seed=seed,
-                                 ckpt_path=path, config=config, device=device)
-    Returns the history (a list of per-epoch dicts); `model` ends holding the best epoch's weights, in eval mode.
+    warmup > 0: one-cycle, `warmup` of the steps rising from lr / 25 to lr, then cosine down to lr / 25e4;
+    warmup = 0: cosine from lr down to 0. The rest goes to `fit`; `config` must record the precision. The caller seeds
+    the global RNG (dropout masks) before building `model`. Returns the history; `model` ends holding the best epoch's
+    weights, in eval mode.
     """
     plan, done = prior_run(ckpt_path, config, resume, overwrite)
     if plan == "reuse":

@@ -606,3 +606,10 @@ def test_benchmark_dry_run_times_the_right_work(tmp_path, model_file):
     command = report["cases"]["file_16k_mono_wav"]
     rtf = report["goals"]["rtf"]
     assert rtf["measured"] == command["rtf_cpu"] and rtf["met"] == (command["rtf_cpu"] <= rtf["at_most"])
+
+
+def test_hw3_data_moves_the_speech_data_too(tmp_path):
+    """HW3_DATA moves data/ (README): MNIST's folder and the speech data's, data/hw3, alike."""
+    proc = run_script("-c", "from common.speech.data import DEFAULT_DATA; from common.mnist.data import DATA_DIR; "
+                      "print(DEFAULT_DATA, DATA_DIR)", env={"HW3_DATA": str(tmp_path)})
+    assert proc.stdout.split() == [str(tmp_path / "hw3"), str(tmp_path)], proc.stderr

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..cli import UserError
-from ..files import ROOT, atomic_path, file_kind
+from ..files import DATA_DIR, ROOT, atomic_path, file_kind
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-DATA_DIR = Path(os.environ.get("HW3_DATA", ROOT / "data"))
 MNIST_MIRROR = Path(os.environ.get("HW3_MNIST_MIRROR", ROOT.parent / "shared" / "data" / "mnist"))
 N_VAL = 10_000
 SPLIT_SEED = 1234  # fixed for every script and every training seed

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..cli import UserError, stops_deferred
-from ..files import ROOT, file_kind
+from ..files import DATA_DIR, ROOT, file_kind
 from .stft import RATE
 
 SPLITS = ("tr", "v", "te")
-DEFAULT_DATA = ROOT / "data" / "hw3"
+DEFAULT_DATA = DATA_DIR / "hw3"
 SILENT = 1e-4  # a peak below this (-80 dBFS) is silence
 # files NNN0..NNN9 are one sentence under ten kinds of noise, in this order in build_hw3.py's data (its README);
 # the course's own data has ten kinds of its own
