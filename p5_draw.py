@@ -39,7 +39,7 @@ from common.ablation import ablation_configs, read_ablation, write_ablation
 from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, nonnegative_float, pick_device,
                         positive_float, run_cli, seed_int, thread_count)
 from common.drawing.figures import FIGURES, drawing_figures
-from common.drawing.processes import run_jobs
+from common.processes import run_jobs
 from common.drawing.scores import (ambiguous_record, completion_metrics, drawer_metrics, mean_bottoms, nearest_bottoms,
                                    nearest_tops, per_patch_mse, pick_ambiguous, pick_examples, score_all, summary)
 from common.files import resolve_dirs, save_config, save_json

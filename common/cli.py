@@ -27,7 +27,7 @@ class Stopped(BaseException):
         self.signum, self.exit_code = signum, 128 + signum
         super().__init__(message or f"stopped by {signal.Signals(signum).name}; nothing half-written was left behind")
 
-    def __reduce__(self):  # a job in another process sends its stop back whole (common/drawing/processes.py)
+    def __reduce__(self):  # a job in another process sends its stop back whole (common/processes.py)
         return type(self), (self.signum, str(self))
 
 

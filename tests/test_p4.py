@@ -613,3 +613,16 @@ def test_hw3_data_moves_the_speech_data_too(tmp_path):
     proc = run_script("-c", "from common.speech.data import DEFAULT_DATA; from common.mnist.data import DATA_DIR; "
                       "print(DEFAULT_DATA, DATA_DIR)", env={"HW3_DATA": str(tmp_path)})
     assert proc.stdout.split() == [str(tmp_path / "hw3"), str(tmp_path)], proc.stderr
+
+
+@pytest.mark.slow  # two interpreters that import torch
+def test_perceptual_scores_in_two_processes_are_those_of_one(monkeypatch):
+    """Above PARALLEL_SECONDS of audio, STOI and PESQ are scored in two processes (common.processes.run_jobs): the
+    same numbers, in the same order, as in this one."""
+    from common.speech import scores
+    clean = [sine(300 + 50 * k, 2.0) for k in range(3)]
+    noise = np.random.default_rng(0).standard_normal(len(clean[0])).astype(np.float32)
+    outputs = {"noisy": [s + 0.05 * noise for s in clean], "gru": [s + 0.01 * noise for s in clean]}
+    alone = scores.score_systems(clean, outputs)
+    monkeypatch.setattr(scores, "PARALLEL_SECONDS", 0)
+    assert scores.score_systems(clean, outputs) == alone

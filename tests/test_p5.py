@@ -17,7 +17,7 @@ from common.drawing import scores
 from common.ablation import ablation_configs, read_ablation
 from common.cli import UserError
 from common.drawing.figures import framed_grid
-from common.drawing.processes import run_jobs
+from common.processes import run_jobs
 from common.mnist.data import load_mnist
 from common.train import load_checkpoint
 from p5_draw import (SamplingDrawer, MSEDrawer, draw, from_patches, mixture_nll, neighbours, sample_patch, to_patches,

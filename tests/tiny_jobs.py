@@ -1,6 +1,6 @@
 """Tiny trainings side by side for the process tests: `python tests/tiny_jobs.py CKPT_DIR OUT [--jobs N] [--resume]`.
 
-Trains N small MLPs (seeds 0..N-1) through common.train.fit, two processes at a time (common/drawing/processes.py's
+Trains N small MLPs (seeds 0..N-1) through common.train.fit, two processes at a time (common/processes.py's
 run_jobs, as P5 trains its drawers), each checkpointing to CKPT_DIR/job{seed}.pt, and saves their histories to OUT.
 Each step sleeps a little, so that a test can stop the run at any moment: while the processes start, while they
 train, or by killing this parent outright.
@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.cli import run_cli  # noqa: E402
-from common.drawing.processes import run_jobs  # noqa: E402
+from common.processes import run_jobs  # noqa: E402
 from common.train import fit, seed_everything  # noqa: E402
 
 

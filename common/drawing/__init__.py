@@ -1,1 +1,1 @@
-"""Drawing for P5: the scores of completed digits and their references, the figures, and trainings side by side."""
+"""Drawing for P5: the scores of completed digits and their references, and the figures."""

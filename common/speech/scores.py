@@ -8,8 +8,11 @@ import os
 import numpy as np
 
 from ..goals import mean_std, required, target
+from ..processes import run_jobs
 from ..train import best_record, n_params, trained_seconds
 from .stft import RATE, si_sdr_db, snr_db
+
+PARALLEL_SECONDS = 600  # of audio to score: above it, two processes share the work
 
 # every system's name as figures, listening examples and the report show it
 LABELS = {"noisy": "noisy input", "fc": "FC baseline", "gru": "GRU", "oracle_ibm": "oracle IBM",
@@ -25,17 +28,20 @@ def perceptual_scores(pair):
     return float(stoi(s, y, RATE)), (float(quality) if quality >= 0 else None)
 
 
+def scores_of(pairs):
+    """perceptual_scores of each pair, in order (one job of `score_systems`)."""
+    return [perceptual_scores(pair) for pair in pairs]
+
+
 def score_systems(clean, outputs):
     """{system: {metric: [value per file]}} for the outputs {system: [signal per file]} against `clean` [s per file].
 
-    PESQ is slow: more than ten minutes of audio are scored in two fresh processes
-    (spawned, not forked from this threaded one; starting them takes seconds), less in this one."""
+    PESQ is slow: more than PARALLEL_SECONDS of audio are scored in two fresh processes (spawned, not forked from
+    this threaded one; starting them takes seconds), less in this one."""
     pairs = [(s, y) for name in outputs for s, y in zip(clean, outputs[name])]
-    if sum(len(s) for s, _ in pairs) > 600 * RATE and (os.cpu_count() or 1) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-        with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-            perceptual = list(pool.map(perceptual_scores, pairs, chunksize=16))
+    if sum(len(s) for s, _ in pairs) > PARALLEL_SECONDS * RATE and (os.cpu_count() or 1) > 1:
+        half = len(pairs) // 2
+        perceptual = sum(run_jobs(scores_of, [(pairs[:half],), (pairs[half:],)], workers=2, threads=1), [])
     else:
         perceptual = [perceptual_scores(pair) for pair in pairs]
     scores = {}

@@ -1,8 +1,7 @@
-"""Several trainings side by side on a CPU, each in a process of its own, that a signal or the parent's death stops
-cleanly.
+"""Jobs side by side on a CPU, each in a process of its own, that a signal or the parent's death stops cleanly.
 
 A small model (P5's LSTMs) runs fastest on one thread: its matrix products are too small to share out. On a CPU
-with cores to spare, independent trainings then run best side by side, one process each.
+with cores to spare, independent trainings then run best side by side, one process each; P4's PESQ scores likewise.
 """
 import contextlib
 import ctypes
@@ -15,8 +14,8 @@ import traceback
 from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 
-from ..cli import STOP_SIGNALS, Stopped, UserError, install_stop_handlers, stops_deferred
-from ..precision import torch_threads
+from .cli import STOP_SIGNALS, Stopped, UserError, install_stop_handlers, stops_deferred
+from .precision import torch_threads
 
 GRACE_SECONDS = 120  # how long a stopped job may take to finish its step and write its checkpoint
 
