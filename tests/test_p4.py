@@ -171,6 +171,15 @@ def test_band_limited_mixtures_keep_the_ibm_where_the_band_passes():
     assert (band_mag[:, :, -1] < 0.5 * full_mag[:, :, -1]).float().mean() > 0.9  # the top bin is (mostly) gone
 
 
+def test_the_real_and_imaginary_planes_give_the_complex_magnitude_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    X = torch.complex(torch.randn(4, 50, 513, generator=g), torch.randn(4, 50, 513, generator=g))
+    X = X * torch.logspace(-6, 4, 513)  # quiet to loud bins, as in a spectrum
+    X[0, :7] = 0  # padded frames
+    assert torch.equal(torch.hypot(*p4.planes(X)), X.abs())
+    assert torch.equal(torch.complex(*p4.planes(X)), X)
+
+
 def test_noise_pool_draws_stretches_of_real_recordings():
     lengths = (5, 3, 7)
     spectra = [np.zeros((n, BINS), np.complex64) for n in lengths]
