@@ -41,6 +41,7 @@ from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWind
                                 ensure_data, pad_batch, source_path, speed_list, split_paths)
 from common.speech.denoise import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
 from common.speech.figures import make_figures
+from common.speech.gru import gru
 from common.speech.listening import write_examples
 from common.speech.scores import model_records, score_systems, summarize_scores
 from common.speech.stft import BINS, RATE, istft, snr_db, stft
@@ -257,7 +258,7 @@ class GRUMasker(nn.Module):
             mean, mean_state = self.running_mean(z, mean_state)
             z = torch.cat([z, z - mean], -1)  # (batch, frames, 2 x 513)
         x = self.proj(z)  # (batch, frames, proj)
-        h, rnn_state = self.rnn(x, rnn_state)  # (batch, frames, hidden)
+        h, rnn_state = gru(self.rnn, x, rnn_state)  # (batch, frames, hidden): self.rnn, in bf16 under autocast
         return self.out(self.drop(h)) + self.skip(x), (mean_state, rnn_state)
 
 
