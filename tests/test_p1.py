@@ -172,6 +172,43 @@ def test_tail_decay_is_the_energy_beyond_rank_r_and_carries_its_state():
     assert torch.equal(decay.U0, U0)
 
 
+def test_the_tail_energy_and_its_gradient_are_the_formulas():
+    """TailEnergy (the tail decay under the bf16 policy) in float64: the energy beyond rank R and autograd's gradient
+    of it, which is twice the tail (the projection's own share vanishes for orthonormal bases); in bf16, close."""
+    torch.manual_seed(0)
+    W = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)
+    U, _, Vh = torch.linalg.svd(torch.randn(12, 9, dtype=torch.float64), full_matrices=False)
+    U, V = U[:, :3], Vh[:3].T  # some other matrix's bases: the tail of W is not W's own
+    formula = (W - U @ (U.T @ W @ V) @ V.T).square().sum()
+    expected, = torch.autograd.grad(formula, W)
+    energy = p1_svd.TailEnergy.apply(W, U, V, torch.float64)
+    got, = torch.autograd.grad(energy, W)
+    torch.testing.assert_close(energy, formula, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    W32 = W.detach().float().requires_grad_()
+    energy = p1_svd.TailEnergy.apply(W32, U.float(), V.float(), torch.bfloat16)
+    got, = torch.autograd.grad(energy, W32)
+    assert energy.dtype == got.dtype == torch.float32
+    torch.testing.assert_close(energy.double(), formula.detach(), rtol=2e-2, atol=0)
+    assert (got.double() - expected).norm() < 2e-2 * expected.norm()
+
+
+def test_under_bf16_autocast_the_baseline_loss_is_the_fp32_one_up_to_bf16():
+    model = MLP(width=16, depth=2)
+    batch = (torch.rand(8, 28, 28), torch.randint(0, 10, (8,)))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        loss_fn = p1_svd.BaselineLoss(model, 0, 0.5, 4, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            losses[precision] = loss_fn(model, batch)
+        losses[precision].backward()
+        losses[precision] = losses[precision].item(), [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=2e-2)
+    for bf16, fp32 in zip(losses["bf16"][1], losses["fp32"][1]):
+        assert (bf16 - fp32).norm() < 5e-2 * fp32.norm()
+
+
 def test_dry_run_writes_metrics_and_figures(dry_p1):
     out, ckpt = dry_p1
     metrics = read_json(out / "metrics.json")
