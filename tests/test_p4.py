@@ -16,7 +16,7 @@ from common.cli import UserError
 from common.precision import resolve_precision, torch_threads
 from common.speech.gru import GRUFunction, gru
 from common.speech.stft import BINS, HOP, RATE
-from common.train import save_checkpoint
+from common.train import save_checkpoint, seed_everything
 from conftest import read_json, run_main, run_script
 
 
@@ -576,7 +576,11 @@ def test_bf16_training_runs_and_its_loss_is_finite(tmp_path):
                                                  torch.device("cpu"))
         assert config["precision"] == "bf16" and len(history) == 1  # three 16-frame windows, batches of 2: 2 steps
         assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_snr"])
-        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+        seed_everything(config["seed"])  # train_masker's initialisation, again
+        start = p4.build_masker(config["model"]).state_dict()
+        for name, t in model.state_dict().items():
+            assert t.dtype == torch.float32, name  # the fp32 master weights
+            assert name.startswith("log_spectrum") or not torch.equal(t, start[name]), name  # every weight moved
 
 
 def test_the_flags_that_define_a_model_are_its_config():
