@@ -35,7 +35,7 @@ from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_arg
                         nonnegative_float, nonnegative_int, pick_device, positive_float, positive_int, run_cli,
                         seed_int)
 from common.files import resolve_dirs, save_config, save_json, shown_path
-from common.precision import add_precision_flag, machine, resolve_precision, torch_threads
+from common.precision import Dropout, add_precision_flag, machine, resolve_precision, torch_threads
 from common.speech.audio import read_audio
 from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, distinct_speech,
                                 ensure_data, pad_batch, source_path, speed_list, split_paths)
@@ -242,11 +242,11 @@ class GRUMasker(nn.Module):
         self.log_spectrum = LogSpectrum()
         self.running_mean = RunningMean(alpha) if running_mean else None
         features = 2 * BINS if running_mean else BINS
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
-            if proj else nn.Dropout(dropout)
+        self.proj = nn.Sequential(Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
+            if proj else Dropout(dropout)
         width = proj or features
         self.rnn = nn.GRU(width, hidden, batch_first=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden, BINS)
         self.skip = nn.Linear(width, BINS)
 
@@ -269,9 +269,9 @@ class FCMasker(nn.Module):
         super().__init__()
         self.log_spectrum = LogSpectrum()
         widths = [BINS] + [hidden] * layers
-        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
+        blocks = [nn.Sequential(Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
                                 nn.ReLU()) for a, b in zip(widths, widths[1:])]
-        self.net = nn.Sequential(*blocks, nn.Dropout(dropout), nn.Linear(widths[-1], BINS))
+        self.net = nn.Sequential(*blocks, Dropout(dropout), nn.Linear(widths[-1], BINS))
 
     def forward(self, noisy_mag, state=None):
         """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513); no state (the same interface)."""
