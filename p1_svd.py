@@ -143,7 +143,7 @@ class TailEnergy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         tail, = ctx.saved_tensors
-        return tail.to(ctx.W_dtype).mul_(2 * grad), None, None, None
+        return torch.mul(tail, 2 * grad, out=torch.empty_like(tail, dtype=ctx.W_dtype)), None, None, None
 
 
 def train_baseline(seed, data, flags, args, device, name="baseline"):
