@@ -129,8 +129,31 @@ class BaselineLoss(nn.Module):
                         U.copy_(U_all[:, :U.shape[1]])
                         V.copy_(Vh_all[:V.shape[1]].T)
             self.step += 1
+        if torch.is_autocast_enabled(x.device.type):  # the bf16 policy: the tail in bf16, one product each way
+            dtype = torch.get_autocast_dtype(x.device.type)
+            tail = sum(TailEnergy.apply(W, U, V, dtype) for W, (U, V) in zip(weights, bases))
+        else:
             tail = sum((W - U @ (U.T @ W @ V) @ V.T).square().sum() for W, (U, V) in zip(weights, bases))
         return loss + 0.5 * self.tail_decay * tail
+
+
+class TailEnergy(torch.autograd.Function):
+    """||W - U U^T W V V^T||_F^2 for orthonormal U (out, R) and V (in, R), computed in `dtype`, and its gradient
+    2 (W - U U^T W V V^T): the tail's own projection adds nothing to it (U U^T (W - U U^T W V V^T) V V^T = 0), so
+    the backward pass is the saved tail times 2, where autograd through the formula takes four more products."""
+
+    @staticmethod
+    def forward(ctx, W, U, V, dtype):
+        ctx.W_dtype = W.dtype
+        W, U, V = (t.to(dtype) for t in (W, U, V))
+        tail = torch.addmm(W, U @ (U.T @ W @ V), V.T, alpha=-1)  # (out, in)
+        ctx.save_for_backward(tail)
+        return torch.linalg.vector_norm(tail, dtype=torch.promote_types(dtype, torch.float32)) ** 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        tail, = ctx.saved_tensors
+        return torch.mul(tail, 2 * grad, out=torch.empty_like(tail, dtype=ctx.W_dtype)), None, None, None
 
 
 def train_baseline(seed, data, flags, args, device, name="baseline"):

@@ -33,12 +33,13 @@ from common.ablation import read_ablation, run_ablation
 from common.cli import (ArgumentParser, TrainingFlags, UserError, add_common_args, bounded_float, bounded_int,
                         dropout_rate, nonnegative_float, pick_device, positive_float, run_cli, seed_int)
 from common.files import resolve_dirs, save_config, save_json, shown_path
-from common.precision import add_precision_flag, machine, resolve_precision, torch_threads
+from common.precision import Dropout, add_precision_flag, machine, resolve_precision, torch_threads
 from common.speech.audio import read_audio
 from common.speech.data import (DEFAULT_DATA, NOISE_TYPES, NoisePool, SpeechWindows, at_speed, check_mixture,
                                 distinct_speech, ensure_data, pad_batch, source_path, speed_list, split_paths)
 from common.speech.denoise import denoise_main, load_model, predict_masks, te_zip_main, write_te_zip
 from common.speech.figures import make_figures
+from common.speech.gru import gru
 from common.speech.listening import write_examples
 from common.speech.scores import model_records, score_systems, summarize_scores
 from common.speech.stft import BINS, RATE, istft, snr_db, stft
@@ -130,24 +131,31 @@ def load_data(data_dir, dry_run):
 
 # ----------------------------------------------------------------------------- 2. training data: mixtures made anew
 
+def planes(X):
+    """A complex spectrum (...) as its real and imaginary parts, (2, ...) contiguous: torch.hypot(*planes(X)) is
+    X.abs() bit for bit (the same kernel), without the complex intermediate that makes X.abs() slow on a CPU."""
+    return torch.stack([X.real, X.imag])
+
+
 def mixture(S, N, lengths, band_fraction=0.0, snr_range=(-5.0, 5.0)):
     """|X| and the IBM of the mixtures X = S + g N (each (batch, frames, 513)), and the valid frames (batch, frames, 1).
 
     g scales each noise to a random SNR drawn uniformly from `snr_range` (the data's own range); X = S + g N is the
     STFT of s + g n, so every step sees new mixtures at no cost. A `band_fraction` of them lose their top frequencies
-    as resampled recordings do (a smooth low-pass from a random 4-8 kHz cutoff on speech and noise: the IBM stays)."""
-    device = S.device
+    as resampled recordings do (a smooth low-pass from a random 4-8 kHz cutoff on speech and noise: the IBM stays).
+    S and N are computed on as real and imaginary planes (`planes`), scaled by real gains."""
+    device, batch = S.device, len(S)
     valid = (torch.arange(S.shape[1], device=device)[None, :] < lengths.to(device)[:, None])[..., None]
-    N = N.to(device) * valid
-    power_S = (S.abs() ** 2 * valid).sum((1, 2))
-    power_N = (N.abs() ** 2).sum((1, 2)).clamp_min(1e-12)
-    snr = torch.empty(len(S)).uniform_(*snr_range).to(device)  # drawn on the CPU: the same on any device
-    N = N * (torch.sqrt(power_S / power_N) * 10 ** (-snr / 20))[:, None, None]
-    cutoff = torch.where(torch.rand(len(S)) < band_fraction, torch.empty(len(S)).uniform_(BINS // 2, BINS), torch.inf)
+    S, N = planes(S), planes(N.to(device)).mul_(valid)  # (2, batch, frames, 513), fresh: changed in place
+    power_S = (torch.hypot(*S) ** 2 * valid).sum((1, 2))
+    power_N = (torch.hypot(*N) ** 2).sum((1, 2)).clamp_min(1e-12)
+    snr = torch.empty(batch).uniform_(*snr_range).to(device)  # drawn on the CPU: the same on any device
+    N.mul_((torch.sqrt(power_S / power_N) * 10 ** (-snr / 20))[:, None, None])
+    cutoff = torch.where(torch.rand(batch) < band_fraction, torch.empty(batch).uniform_(BINS // 2, BINS), torch.inf)
     bins = torch.arange(BINS, device=device)
     band = torch.sigmoid((cutoff.to(device)[:, None] - bins) / 4)[:, None, :]  # (batch, 1, 513)
-    S, N = S * band, N * band
-    return (S + N).abs(), (S.abs() > N.abs()).to(S.real.dtype), valid
+    S.mul_(band), N.mul_(band)
+    return torch.hypot(*(S + N)), (torch.hypot(*S) > torch.hypot(*N)).to(S.dtype), valid
 
 
 def masked_bce(logits, target, valid, weight=None):
@@ -230,11 +238,11 @@ class GRUMasker(nn.Module):
         self.log_spectrum = LogSpectrum()
         self.running_mean = RunningMean(alpha) if running_mean else None
         features = 2 * BINS if running_mean else BINS
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
-            if proj else nn.Dropout(dropout)
+        self.proj = nn.Sequential(Dropout(dropout), nn.Linear(features, proj), nn.LayerNorm(proj), nn.ReLU()) \
+            if proj else Dropout(dropout)
         width = proj or features
         self.rnn = nn.GRU(width, hidden, batch_first=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden, BINS)
         self.skip = nn.Linear(width, BINS)
 
@@ -246,7 +254,7 @@ class GRUMasker(nn.Module):
             mean, mean_state = self.running_mean(z, mean_state)
             z = torch.cat([z, z - mean], -1)  # (batch, frames, 2 x 513)
         x = self.proj(z)  # (batch, frames, proj)
-        h, rnn_state = self.rnn(x, rnn_state)  # (batch, frames, hidden)
+        h, rnn_state = gru(self.rnn, x, rnn_state)  # (batch, frames, hidden): self.rnn, in bf16 under autocast
         return self.out(self.drop(h)) + self.skip(x), (mean_state, rnn_state)
 
 
@@ -257,9 +265,9 @@ class FCMasker(nn.Module):
         super().__init__()
         self.log_spectrum = LogSpectrum()
         widths = [BINS] + [hidden] * layers
-        blocks = [nn.Sequential(nn.Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
+        blocks = [nn.Sequential(Dropout(dropout), nn.Linear(a, b), nn.LayerNorm(b) if layer_norm else nn.Identity(),
                                 nn.ReLU()) for a, b in zip(widths, widths[1:])]
-        self.net = nn.Sequential(*blocks, nn.Dropout(dropout), nn.Linear(widths[-1], BINS))
+        self.net = nn.Sequential(*blocks, Dropout(dropout), nn.Linear(widths[-1], BINS))
 
     def forward(self, noisy_mag, state=None):
         """noisy_mag (batch, frames, 513) -> logits (batch, frames, 513); no state (the same interface)."""

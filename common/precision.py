@@ -5,6 +5,7 @@ import platform
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .cli import UserError
 
@@ -47,6 +48,22 @@ def autocast(precision, device):
 def full_precision(device):
     """A block computed in fp32 even inside a bf16 forward pass (an SVD, a subspace iteration)."""
     return torch.autocast(torch.device(device).type, enabled=False)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, whose mask under CPU autocast costs a quarter of the random draws: 16 random bits decide each
+    element (four from each 64-bit draw of torch's generator), so p is rounded to a multiple of 1 / 65536 and the
+    kept elements are scaled by 1 / (1 - that p). nn.Dropout draws 64 bits per element from a generator that runs
+    on one thread. Outside autocast, or on a GPU: nn.Dropout itself, the same numbers."""
+
+    def forward(self, x):
+        if not (self.training and self.p and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+            return super().forward(x)
+        drop = round(self.p * 65536)  # elements with 16-bit values below this (from -32768) are dropped
+        n = x.numel()
+        bits = torch.randint(-2 ** 63, 2 ** 63 - 1, (-(-n // 4),), dtype=torch.int64, device=x.device)
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768
+        return x.mul(keep).mul_(65536 / (65536 - drop))
 
 
 def cpu_name():

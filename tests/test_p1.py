@@ -181,6 +181,77 @@ def test_tail_decay_is_the_energy_beyond_rank_r_and_carries_its_state():
     assert torch.equal(decay.U0, U0)
 
 
+def test_the_tail_energy_and_its_gradient_are_the_formulas():
+    """TailEnergy (the tail decay under the bf16 policy) in float64: the energy beyond rank R and autograd's gradient
+    of it, which is twice the tail (the projection's own share vanishes for orthonormal bases); in bf16, close."""
+    torch.manual_seed(0)
+    W = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)
+    U, _, Vh = torch.linalg.svd(torch.randn(12, 9, dtype=torch.float64), full_matrices=False)
+    U, V = U[:, :3], Vh[:3].T  # some other matrix's bases: the tail of W is not W's own
+    formula = (W - U @ (U.T @ W @ V) @ V.T).square().sum()
+    expected, = torch.autograd.grad(formula, W)
+    energy = p1_svd.TailEnergy.apply(W, U, V, torch.float64)
+    got, = torch.autograd.grad(energy, W)
+    torch.testing.assert_close(energy, formula, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    W32 = W.detach().float().requires_grad_()
+    energy = p1_svd.TailEnergy.apply(W32, U.float(), V.float(), torch.bfloat16)
+    got, = torch.autograd.grad(energy, W32)
+    assert energy.dtype == got.dtype == torch.float32
+    torch.testing.assert_close(energy.double(), formula.detach(), rtol=2e-2, atol=0)
+    assert (got.double() - expected).norm() < 2e-2 * expected.norm()
+
+
+def test_under_bf16_autocast_the_baseline_loss_is_the_fp32_one_up_to_bf16():
+    torch.manual_seed(0)
+    model = MLP(width=16, depth=2)
+    batch = (torch.rand(8, 28, 28), torch.randint(0, 10, (8,)))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        loss_fn = p1_svd.BaselineLoss(model, 0, 0.5, 4, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            losses[precision] = loss_fn(model, batch)
+        losses[precision].backward()
+        losses[precision] = losses[precision].item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+        model.zero_grad()
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=1e-2)
+    assert (losses["bf16"][1] - losses["fp32"][1]).norm() < 2e-2 * losses["fp32"][1].norm()
+
+
+def tiny_mnist(n=32, seed=0):
+    """MNIST-shaped random digits, n per split: enough for two steps of batch 16."""
+    g = torch.Generator().manual_seed(seed)
+    return {split: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for split in ("train", "val", "test")}
+
+
+def train_tiny_baseline(ckpt_dir, precision):
+    """P1's own training path (train_baseline) on `tiny_mnist`: 16-unit layers, one epoch of two steps, the bases
+    of the tail decay refreshed (an exact SVD) at every step. Returns (model, history, args)."""
+    args, train = p1_svd.get_args(["--width", "16", "--epochs", "1", "--batch-size", "16", "--refresh", "1",
+                                   "--precision", precision, "--ckpt-dir", str(ckpt_dir), "--quiet"])
+    model, history = p1_svd.train_baseline(0, tiny_mnist(), train.values(args), args, torch.device("cpu"))
+    return model, history, args
+
+
+def test_the_baseline_trains_under_bf16_with_fp32_master_weights(tmp_path):
+    """--precision bf16 forced (emulated where the CPU lacks bf16, hence the tiny shapes): finite losses, fp32
+    weights and optimizer state that moved, fp32 orthonormal bases, and the precision in the checkpoint's config."""
+    model, history, _ = train_tiny_baseline(tmp_path, "bf16")
+    assert len(history) == 1 and torch.isfinite(torch.tensor([history[0]["train_loss"], history[0]["val_loss"]])).all()
+    torch.manual_seed(0)  # train_baseline's initialisation, again
+    start = MLP(16, 5, 0.2).state_dict()
+    ckpt = load_checkpoint(tmp_path / "p1_baseline_seed0.pt")
+    assert ckpt["config"]["precision"] == "bf16"
+    for state in (ckpt["model"], model.state_dict()):
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
+        assert all(not torch.equal(state[k], start[k]) for k in start)  # every weight and bias moved
+    assert all(v.dtype == torch.float32 for s in ckpt["optimizer"]["state"].values() for k, v in s.items()
+               if k != "step")
+    U = ckpt["loss"]["U0"]
+    assert U.dtype == torch.float32 and torch.allclose(U.T @ U, torch.eye(U.shape[1]), atol=1e-5)
+
+
 def test_dry_run_writes_metrics_and_figures(dry_p1):
     out, ckpt = dry_p1
     metrics = read_json(out / "metrics.json")

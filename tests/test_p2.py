@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+import p1_svd
 import p2_factorized as p2
 from common.cli import UserError
 from common.mnist.mlp import MLP, classification_loss
 from common.train import load_checkpoint, n_params
-import p1_svd
 from p1_svd import compress, cost, svd
 from conftest import AUTO_PRECISION, copy_checkpoints, low_rank, read_json, run_main
 
@@ -55,6 +55,39 @@ def test_fine_tuning_reaches_every_factor_bias_and_the_head():
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert {n.split(".")[-1] for n, _ in net.hidden.named_parameters()} == {"U", "V", "bias"}
+
+
+def tiny_mnist(n=32, seed=0):
+    """MNIST-shaped random digits, n per split: enough for two steps of batch 16."""
+    g = torch.Generator().manual_seed(seed)
+    return {split: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for split in ("train", "val", "test")}
+
+
+def tiny_baseline(ckpt_dir, data):
+    """A P1 baseline of 16-unit layers, trained in fp32 for one epoch by P1's own path into `ckpt_dir`."""
+    args, train = p1_svd.get_args(["--width", "16", "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
+                                   "--ckpt-dir", str(ckpt_dir), "--quiet"])
+    p1_svd.train_baseline(0, data, train.values(args), args, torch.device("cpu"))
+
+
+def test_fine_tuning_trains_under_bf16_with_fp32_master_weights(tmp_path):
+    """P2's own path (finetune) forced to --precision bf16 (emulated where the CPU lacks bf16: tiny shapes, two
+    steps): finite losses, fp32 factors and optimizer state that moved from P1's rank-D network."""
+    data = tiny_mnist()
+    tiny_baseline(tmp_path, data)
+    args, train = p2.get_args(["--rank", "4", "--epochs", "1", "--batch-size", "16", "--precision", "bf16",
+                               "--ckpt-dir", str(tmp_path), "--quiet"])
+    model, history, initial, _ = p2.finetune(0, data, args, train.values(args), torch.device("cpu"))
+    assert len(history) == 1 and torch.isfinite(torch.tensor([history[0]["train_loss"], history[0]["val_loss"]])).all()
+    ckpt = load_checkpoint(tmp_path / "p2_factorized_seed0.pt")
+    assert ckpt["config"]["precision"] == "bf16"
+    start = initial.state_dict()
+    for name, t in model.state_dict().items():
+        assert t.dtype == torch.float32 and torch.isfinite(t).all(), name
+        assert not torch.equal(t, start[name]), name  # every factor, bias and the head moved
+    assert all(v.dtype == torch.float32 for s in ckpt["optimizer"]["state"].values() for k, v in s.items()
+               if k != "step")
 
 
 def test_dry_run(dry_p1, dry_p2, tmp_path, capsys):

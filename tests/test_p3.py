@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+import p1_svd
 import p3_svd_ste as p3
 from common.cli import UserError
 from common.goals import TARGETS
@@ -138,6 +139,35 @@ def test_two_bf16_training_steps_of_the_ste_network(tmp_path):
         assert not torch.equal(layer.weight, W) and int(layer.tracker.updates) == 2
         Q = layer.tracker.Q  # orthonormal to fp32 precision (bf16 would be off by about 1e-2)
         torch.testing.assert_close(Q.T @ Q, torch.eye(Q.shape[1]), rtol=0, atol=1e-5)
+
+
+def tiny_mnist(n=32, seed=0):
+    """MNIST-shaped random digits, n per split: enough for two steps of batch 16."""
+    g = torch.Generator().manual_seed(seed)
+    return {split: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for split in ("train", "val", "test")}
+
+
+def tiny_baseline(ckpt_dir, data):
+    """A P1 baseline of 16-unit layers, trained in fp32 for one epoch by P1's own path into `ckpt_dir`."""
+    args, train = p1_svd.get_args(["--width", "16", "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
+                                   "--ckpt-dir", str(ckpt_dir), "--quiet"])
+    p1_svd.train_baseline(0, data, train.values(args), args, torch.device("cpu"))
+
+
+def test_the_ste_network_trains_under_bf16_by_its_own_path(tmp_path):
+    """P3's own path (train) forced to --precision bf16 (emulated where the CPU lacks bf16: tiny shapes, two steps,
+    the second an exact refresh): finite losses, fp32 weights that moved from the baseline's, fp32 trackers."""
+    data = tiny_mnist()
+    tiny_baseline(tmp_path, data)
+    args, train = p3.get_args(["--rank", "4", "--oversample", "2", "--refresh-every", "2", "--epochs", "1",
+                               "--batch-size", "16", "--precision", "bf16", "--ckpt-dir", str(tmp_path), "--quiet"])
+    model, history, baseline, _ = p3.train(0, data, args, train.values(args), torch.device("cpu"))
+    assert len(history) == 1 and torch.isfinite(torch.tensor([history[0]["train_loss"], history[0]["val_loss"]])).all()
+    assert load_checkpoint(tmp_path / "p3_ste_seed0.pt")["config"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+    for layer, dense in zip(model.hidden, baseline.hidden):
+        assert not torch.equal(layer.weight, dense.weight) and int(layer.tracker.updates) == 2
 
 
 # ----------------------------------------------------------------------------- the subspace tracker

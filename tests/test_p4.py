@@ -19,8 +19,9 @@ from common.speech import audio, denoise as denoiser, listening, stft as dsp
 from common.speech import data as speech_data
 from common.cli import UserError
 from common.precision import resolve_precision, torch_threads
+from common.speech.gru import GRUFunction, gru
 from common.speech.stft import BINS, HOP, RATE
-from common.train import save_checkpoint
+from common.train import save_checkpoint, seed_everything
 from conftest import AUTO_PRECISION, read_json, run_main, run_script
 
 
@@ -176,6 +177,15 @@ def test_band_limited_mixtures_keep_the_ibm_where_the_band_passes():
     assert (band_mag[:, :, -1] < 0.5 * full_mag[:, :, -1]).float().mean() > 0.9  # the top bin is (mostly) gone
 
 
+def test_the_real_and_imaginary_planes_give_the_complex_magnitude_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    X = torch.complex(torch.randn(4, 50, 513, generator=g), torch.randn(4, 50, 513, generator=g))
+    X = X * torch.logspace(-6, 4, 513)  # quiet to loud bins, as in a spectrum
+    X[0, :7] = 0  # padded frames
+    assert torch.equal(torch.hypot(*p4.planes(X)), X.abs())
+    assert torch.equal(torch.complex(*p4.planes(X)), X)
+
+
 def test_noise_pool_draws_stretches_of_real_recordings():
     lengths = (5, 3, 7)
     spectra = [np.zeros((n, BINS), np.complex64) for n in lengths]
@@ -283,6 +293,53 @@ def test_a_change_at_frame_t_leaves_earlier_masks_unchanged(kind):
     assert not torch.allclose(a[:, 12:], b[:, 12:])
     if kind == "fc":  # the FC sees one frame only: a change at frame 12 changes frame 12 alone
         torch.testing.assert_close(a[:, 13:], model(torch.cat([later[:, :13], mag[:, 13:]], 1))[0][:, 13:])
+
+
+# ----------------------------------------------------------------------------- the GRU under bf16
+
+def test_the_gru_function_is_torchs_gru_and_its_gradient():
+    """GRUFunction in float64 (exact math): nn.GRU's states and last state, nn.GRU's gradients, and gradcheck."""
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(5, 4, batch_first=True).double()
+    x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    out, last = GRUFunction.apply(x, h0, *weights)
+    ref, ref_last = rnn(x, h0[None])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-14)
+    torch.testing.assert_close(last, ref_last[0], rtol=0, atol=1e-14)
+    g = torch.randn_like(out)
+    inputs = (x, h0, *weights)
+    ours = torch.autograd.grad((out * g).sum() + last.sum(), inputs)
+    theirs = torch.autograd.grad((ref * g).sum() + ref_last.sum(), inputs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(GRUFunction.apply, inputs)
+
+
+def test_under_bf16_autocast_the_gru_runs_in_bf16_close_to_fp32_and_outside_it_is_the_gru_itself():
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(12, 16, batch_first=True)
+    x = torch.randn(4, 30, 12)
+    plain, plain_state = rnn(x)
+    out, state = gru(rnn, x)  # no autocast: nn.GRU itself, the same numbers
+    assert torch.equal(out, plain) and torch.equal(state, plain_state)
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        rnn.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out, state = gru(rnn, x)
+            head, _ = gru(rnn, x[:, :11])
+            tail, _ = gru(rnn, x[:, 11:], _)  # continued from a state
+        assert out.dtype == state.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        torch.testing.assert_close(torch.cat([head, tail], 1), out, rtol=0, atol=0)
+        (out.float() ** 2).sum().backward()
+        assert all(p.grad.dtype == torch.float32 for p in rnn.parameters())  # the fp32 master weights
+        grads[precision] = [p.grad.clone() for p in rnn.parameters()]
+        if precision == "bf16":
+            torch.testing.assert_close(out.float(), plain, rtol=0, atol=0.03)  # bf16: 8 bits of mantissa
+    for bf16, fp32 in zip(grads["bf16"], grads["fp32"]):
+        assert (bf16 - fp32).norm() < 0.05 * fp32.norm()
 
 
 # ----------------------------------------------------------------------------- streaming == whole file
@@ -580,7 +637,11 @@ def test_bf16_training_runs_and_its_loss_is_finite(tmp_path):
                                                  torch.device("cpu"))
         assert config["precision"] == "bf16" and len(history) == 1  # three 16-frame windows, batches of 2: 2 steps
         assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_snr"])
-        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+        seed_everything(config["seed"])  # train_masker's initialisation, again
+        start = p4.build_masker(config["model"]).state_dict()
+        for name, t in model.state_dict().items():
+            assert t.dtype == torch.float32, name  # the fp32 master weights
+            assert name.startswith("log_spectrum") or not torch.equal(t, start[name]), name  # every weight moved
 
 
 def test_the_flags_that_define_a_model_are_its_config():

@@ -340,6 +340,29 @@ def test_changed_completions_get_a_red_frame():
     assert torch.equal(grid[:, 10, 10], black)  # inside a frame: the image itself
 
 
+def test_both_drawers_train_under_bf16_with_fp32_master_weights(tmp_path):
+    """P5's own path (train_drawer) forced to --precision bf16 (emulated where the CPU lacks bf16: tiny drawers, two
+    steps): finite losses, fp32 weights and optimizer state that moved, the precision in the checkpoint's config."""
+    g = torch.Generator().manual_seed(3)
+    data = {k: (torch.rand(n, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for k, n in (("train", 32), ("val", 16))}
+    args, flags = p5_draw.get_args(["--epochs", "1", "--sampler-epochs", "1", "--hidden", "8", "--head-hidden", "8",
+                                    "--components", "2", "--batch-size", "16", "--precision", "bf16", "--quiet"])
+    for kind in ("mse", "sampler"):
+        config = p5_draw.drawer_config(kind, args, flags, data)
+        history = p5_draw.train_drawer(config, tmp_path / f"{kind}.pt", data=data, device=torch.device("cpu"),
+                                       quiet=True)
+        assert len(history) == 1 and torch.isfinite(torch.tensor(list(history[0].values()))).all(), kind
+        ckpt = load_checkpoint(tmp_path / f"{kind}.pt")
+        torch.manual_seed(config["seed"])  # train_drawer's initialisation, again
+        start = p5_draw.make_drawer(config).state_dict()
+        assert ckpt["config"]["precision"] == "bf16"
+        for name, t in ckpt["model"].items():
+            assert t.dtype == torch.float32 and torch.isfinite(t).all() and not torch.equal(t, start[name]), name
+        assert all(v.dtype == torch.float32 for s in ckpt["optimizer"]["state"].values() for k, v in s.items()
+                   if k != "step")
+
+
 def test_each_drawer_trains_for_its_own_epochs(tmp_path):
     """--epochs is the MSE drawer's, --sampler-epochs the sampling drawer's; the checkpoint's config says so, and a
     flag of one drawer is no part of the other's config (changing it does not retrain the other)."""

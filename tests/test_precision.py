@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from common import precision
 from common.cli import UserError
-from common.precision import autocast, machine, resolve_precision
+from common.precision import Dropout, autocast, machine, resolve_precision
 from common.train import adamw, fit, load_checkpoint, loader, train_or_reuse
 
 
@@ -105,3 +105,30 @@ def test_whole_batches_are_the_batches_of_the_plain_data_loader():
     assert len(plain) == len(whole) == 7
     for (a, b), (c, d) in zip(plain, whole):
         assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_dropout_is_torchs_outside_autocast_and_under_it_drops_p_and_keeps_the_mean():
+    x = torch.rand(200, 500) + 0.5
+    torch.manual_seed(0)
+    ours = Dropout(0.2)(x)
+    torch.manual_seed(0)
+    assert torch.equal(ours, torch.nn.Dropout(0.2)(x))  # fp32: nn.Dropout's mask and numbers
+    assert torch.equal(Dropout(0.2).eval()(x), x)
+    drop = round(0.2 * 65536)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype).clone().requires_grad_()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = Dropout(0.2)(xd)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(Dropout(0.2)(xd), y)  # seeded: the same mask
+        kept = y != 0
+        assert abs(1 - kept.double().mean().item() - drop / 65536) < 4 * (0.2 * 0.8 / x.numel()) ** 0.5
+        scale = 65536 / (65536 - drop)
+        assert torch.equal(y[kept], (xd.detach()[kept] * scale).to(dtype))  # the kept, scaled to keep the mean
+        y.backward(torch.ones_like(y))
+        assert torch.equal(xd.grad, (kept * scale).to(dtype))  # the gradient passes where the element did
+        assert xd.grad.dtype == dtype and y.dtype == dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(Dropout(0.0)(x), x)

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from ..cli import UserError
 from ..files import file_kind
+from ..precision import Dropout
 from ..train import best_weights, evaluate, load_checkpoint
 
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081  # MNIST training-set statistics
@@ -28,7 +29,7 @@ class MLP(nn.Module):
         sizes = [n_in] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = nn.Linear(width, n_out)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         x = (x.flatten(1) - PIXEL_MEAN) / PIXEL_STD
