@@ -21,10 +21,11 @@ def finetune_loss(shift):
     return loss
 
 
-def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None):
+def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None, warmup=0.1):
     """Fine-tune `model` on the training split, or reuse the finished run at `path` made with the same `config`.
 
-    P2's and P3's recipe: AdamW, a one-cycle schedule (10% warm-up), cross-entropy on digits shifted by up to
+    P2's and P3's recipe: AdamW, a one-cycle schedule (a `warmup` share of the steps rising to args.lr, then cosine
+    decay; 0: cosine from args.lr straight down), cross-entropy on digits shifted by up to
     args.shift pixels (P1's baseline trained on them; 0: none), and the epoch with the best validation accuracy
     kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
     (default: accuracy and loss of `model` itself on the validation split). `args` gives epochs, batch_size, lr,
@@ -39,7 +40,7 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
 
     seed_everything(seed)  # for the dropout masks and shifts: `model` already holds the weights it starts from
     return train_or_reuse(model, finetune_loss(args.shift), TensorDataset(*data["train"]), validate=validate,
-                          monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
+                          monitor="val_acc", mode="max", warmup=warmup, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
                           resume=args.resume, device=device, precision=args.precision, desc=desc, quiet=args.quiet)
 
