@@ -62,16 +62,18 @@ def summarize(runs):
 
 
 def plot_finetune_curve(metrics, path, *, xlabel, ylabel, title):
-    """Validation accuracy per epoch for every seed, epoch 0 being P1's rank-D network; the baseline and P1 as lines."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    """Validation accuracy per epoch for every seed, epoch 0 being P1's rank-D network; the baseline and P1 as lines.
+    The legend sits beside the axes, where it hides no point."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.8), layout="constrained")
     for run in metrics["seeds"]:
         epochs = [0] + [h["epoch"] for h in run["history"]]
         acc = [100 * run["initial_val_acc"]] + [100 * h["val_acc"] for h in run["history"]]
         ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
     base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
-    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
-    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']}, test {100 * init:.2f}%")
+    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline,\ntest {100 * base:.2f}%")
+    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']},\ntest {100 * init:.2f}%")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(range(0, max(len(run["history"]) for run in metrics["seeds"]) + 1))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
