@@ -122,12 +122,14 @@ def main(argv=None):
     results = args.results or ROOT / ("runs/dry-run" if args.dry_run else "results")
     out = args.handin or args.out or (ROOT / "runs/dry-run/report" if args.dry_run else ROOT)
     if args.handin:  # before anything is built or written
-        te = args.te or ROOT / "data" / "hw3" / "te"
+        te, model = args.te or ROOT / "data" / "hw3" / "te", results / "p4" / "denoiser.pt"
         te_files(te)
+        if not model.is_file():
+            raise UserError(f"no model at {shown_path(model)}; run python p4_denoise.py")
     import nbformat
     markdown, nb, page = build(results, out, args.dry_run)
     if args.handin:
-        files = write_handin(out, nb, page, te, results / "p4" / "denoiser.pt")
+        files = write_handin(out, nb, page, te, model)
         print(f"wrote {shown_path(out)}/: report.ipynb, report.html and te_denoised.zip ({files} denoised te files "
               f"from {shown_path(te)}/)")
         return

@@ -3,8 +3,8 @@ it (CODE: found by name in its file when the report is built), its recipe, the t
 for, and what they mean against the homework's expectation. Each section takes its result files
 (common.report.results.Metrics) and returns blocks (common.report.blocks); make_report.build puts them in order.
 
-Every number is read from the result files; the numbers typed here are the homework's own definitions in the
-equations. Section and step headings carry the anchors the summary's checklist links to.
+Every number is read from the result files; the numbers typed here are the homework's own: its definitions in the
+equations and its expectations (P4's 10 dB). Section and step headings carry the anchors the checklist links to.
 """
 from collections import Counter
 
@@ -67,7 +67,7 @@ def intro(p4):
         "CC-licensed recordings; `../shared/data/hw3/README.md` lists them). Its voices, noises and SNRs are not "
         "the course's, so the homework's figure for P4 cannot be checked on it. P4 gives this data's own references "
         "instead: the noisy input, and the oracle IBM (the ideal binary mask computed from the true sources, the "
-        "best any binary mask can do), with each model's share of the oracle's gain, "
+        "usual ceiling of binary masking), with each model's share of the oracle's gain, "
         "(model - noisy) / (oracle - noisy), which is what carries over from one data set to another.")]
 
 
@@ -335,7 +335,7 @@ def section_p4(m):
         "with a random stretch of a training noise (`trn`) scaled to a random SNR over the data's own range, so no "
         f"mixture is seen twice (`mixture`, below). On `v` (input SNRs {context['input_snr_db']['min']:.2f} to "
         f"{context['input_snr_db']['max']:.2f} dB) the noisy input scores {noisy:.2f} dB and the oracle IBM, the "
-        f"mask computed from the true sources and the ceiling of any binary mask, {oracle:.2f} dB. The homework "
+        f"mask computed from the true sources and the usual ceiling of binary masking, {oracle:.2f} dB. The homework "
         "expects a well-tuned FC slightly above 10 dB on the course's data, whose voices, noises and SNRs set both "
         f"that start and that ceiling; on this data 10 dB would be {pct((10 - noisy) / (oracle - noisy), 0)} of the "
         "way from the noisy input to the oracle.\n\n"
