@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn as nn
 
-from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_int, dropout_rate, nonnegative_float,
-                        pick_device, positive_float, run_cli)
+from common.cli import (ArgumentParser, TrainingFlags, add_common_args, bounded_float, bounded_int, dropout_rate,
+                        nonnegative_float, pick_device, positive_float, run_cli)
 from common.files import resolve_dirs, save_config, save_json
 from common.goals import required, target
 from common.mnist.data import load_mnist
@@ -40,7 +40,9 @@ def get_args(argv=None):
     train.add("--epochs", type=bounded_int(1, 1000), default=10, help="fine-tuning epochs")
     train.add("--batch-size", type=bounded_int(1, 8192), default=256, help="mini-batch size")
     train.add("--lr", type=positive_float, default=1e-3,
-              help="peak AdamW learning rate (warm-up then cosine decay); the baseline trained at 2e-3")
+              help="AdamW learning rate at its peak (after --warmup), then cosine decay; the baseline trained at 2e-3")
+    train.add("--warmup", type=bounded_float(0, 0.9), default=0.1,
+              help="share of the steps over which the learning rate rises from lr/25 to lr (0: it starts at lr)")
     train.add("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2,
               help="dropout after every hidden layer while fine-tuning (the baseline trained with 0.2)")
@@ -97,7 +99,7 @@ def finetune(seed, data, args, flags, device):
     path = args.ckpt_dir / f"p2_factorized_seed{seed}.pt"
     model = factorize(baseline, factors, args.rank, args.dropout)
     history = finetune_classifier(model, data, args, seed=seed, path=path, config=config, device=device,
-                                  desc=f"p2 seed {seed}")
+                                  desc=f"p2 seed {seed}", warmup=args.warmup)
     return model, history, initial, baseline
 
 

@@ -82,7 +82,8 @@ def main(argv=None):
     factors = [svd(layer.weight.detach()) for layer in baseline.hidden]  # once, sliced for every rank
     width = baseline.head.in_features
     ranks = {rank_name(r, width): r for r in [width if r == "full" else r for r in RANKS] if r <= width}  # P1's
-    networks = {"dense": baseline, **{f"rank {name}": fast(compress(baseline, factors, r)) for name, r in ranks.items()}}
+    networks = {"dense": baseline,
+                **{f"rank {name}": fast(compress(baseline, factors, r)) for name, r in ranks.items()}}
     macs = {"dense": dense_cost(baseline)[1], **{f"rank {name}": cost(baseline, r)[1] for name, r in ranks.items()}}
     # the arithmetic the rank-D network skips, checked before it is timed: fp32 logits agree with the dense ones
     # to rounding at full rank
@@ -119,7 +120,8 @@ def main(argv=None):
 
 def print_table(result):
     print(f"one forward pass, {result['threads']} threads on {result['machine']['cpu']}: median of "
-          f"{result['rounds']} interleaved rounds (spread = interquartile range / median), pass 1 of {result['passes']}")
+          f"{result['rounds']} interleaved rounds (spread = interquartile range / median), "
+          f"pass 1 of {result['passes']}")
     head = "".join(f"{f'batch {b}: ms':>20s}{'speed-up':>16s}" for b in result["batches"])
     print(f"{'network':12s}{'FLOP ratio':>11s}{head}")
     for name, row in result["ranks"].items():

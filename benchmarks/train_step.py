@@ -56,7 +56,8 @@ def get_args(argv=None):
     p.add_argument("--rounds", type=bounded_int(1, 1000), default=7, help="interleaved rounds per row")
     p.add_argument("--steps", type=bounded_int(1, 1000), default=4, help="training steps per timed call of the loop")
     p.add_argument("--ckpt-dir", type=Path, default=None,
-                   help="the main run's checkpoints (default: checkpoints/, or runs/dry-run/checkpoints with --dry-run)")
+                   help="the main run's checkpoints (default: checkpoints/, or runs/dry-run/checkpoints with "
+                        "--dry-run)")
     p.add_argument("--out", type=Path, default=None,
                    help="where train_step.json goes (default: results/bench, or runs/dry-run/bench with --dry-run)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")

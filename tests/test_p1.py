@@ -279,6 +279,21 @@ def test_accuracy_plot_has_every_rank_and_full(monkeypatch, tmp_path):
     assert list(ax.get_xticks()) == [10, 20, 200, 1024]
 
 
+def test_accuracy_plot_shows_the_range_near_the_baseline(monkeypatch, tmp_path):
+    """A rank far below the baseline (D = 10 at 60%) does not flatten the others: the axis spans the ranks near the
+    baseline, and the far one is marked on its floor with its accuracy."""
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    acc = {"10": 0.60, "20": 0.978, "50": 0.986, "full": 0.987}
+    ranks = {d: {"test_acc": {"mean": a, "std": 0.001}} for d, a in acc.items()}
+    figures.plot_accuracy_vs_rank({"ranks": {"dense": {}, **ranks}, "width": 1024, "seeds": [0, 1],
+                                   "baseline_test_acc": {"mean": 0.987}}, tmp_path / "a.png")
+    ax = drawn[0].axes[0]
+    low, high = ax.get_ylim()
+    assert 97.0 < low < 97.7 and 98.7 < high < 99.5
+    assert [t.get_text() for t in ax.texts] == ["D = 10: 60.0%"]
+
+
 def test_same_seed_same_numbers(dry_p1, tmp_path):
     out, _ = dry_p1
     p1_svd.main(["--dry-run", "--quiet", "--seeds", "1", "--out", str(tmp_path / "out"),

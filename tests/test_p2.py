@@ -106,7 +106,8 @@ def test_dry_run(dry_p1, dry_p2, tmp_path, capsys):
     # the flags that define the fine-tune are in its checkpoint's config and in config.json
     config = load_checkpoint(ckpt / "p2_factorized_seed0.pt")["config"]
     flags = {k: v for k, v in config.items() if k not in ("seed", "train_size", "baseline")}
-    assert set(flags) == {"rank", "epochs", "batch_size", "lr", "weight_decay", "dropout", "shift", "precision"}
+    assert set(flags) == {"rank", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "shift",
+                          "precision"}
     assert flags == {k: read_json(out / "config.json")[k] for k in flags} and flags["precision"] == AUTO_PRECISION
 
     # same seed, same numbers: a fresh run in another folder retrains to the same history ...

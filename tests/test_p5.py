@@ -16,7 +16,7 @@ import p5_draw
 from common.drawing import scores
 from common.ablation import ablation_configs, read_ablation
 from common.cli import UserError
-from common.drawing.figures import framed_grid
+from common.drawing.figures import LINE, framed_grid
 from common.processes import run_jobs
 from common.mnist.data import load_mnist
 from common.train import load_checkpoint
@@ -330,14 +330,18 @@ def test_examples_are_per_class_distinct_and_repeatable():
         scores.pick_examples(labels, 1000, seed=0)
 
 
-def test_changed_completions_get_a_red_frame():
-    images = torch.zeros(4, 28, 28)
+def test_changed_completions_get_a_red_frame_and_a_line_between_the_halves():
+    images = torch.ones(4, 28, 28)
     grid = framed_grid(images, per_class=2, changed=torch.tensor([True, False, False, True]))
-    assert grid.shape == (3, 2 + 2 * 34, 2 + 2 * 34)
-    red, black = torch.tensor([1.0, 0, 0]), torch.zeros(3)
+    assert grid.shape == (3, 2 + 2 * 35, 2 + 2 * 34)  # a 2-pixel frame around 28 x 28 and the line: 33 x 32
+    red, black, white, line = torch.tensor([1.0, 0, 0]), torch.zeros(3), torch.ones(3), torch.tensor(LINE)
     assert torch.equal(grid[:, 2, 2], red) and torch.equal(grid[:, 2, 36], black)    # images 0 and 1
-    assert torch.equal(grid[:, 36, 2], black) and torch.equal(grid[:, 36, 36], red)  # images 2 and 3
-    assert torch.equal(grid[:, 10, 10], black)  # inside a frame: the image itself
+    assert torch.equal(grid[:, 37, 2], black) and torch.equal(grid[:, 37, 36], red)  # images 2 and 3
+    top = 2 + 2  # image 0's first row: padding, then frame
+    assert torch.equal(grid[:, top + 13, 10], white)   # image row 13, the top half's last
+    assert torch.equal(grid[:, top + 14, 10], line)    # the line, between the halves
+    assert torch.equal(grid[:, top + 15, 10], white)   # image row 14, the bottom half's first
+    assert torch.equal(grid[:, top + 28, 10], white) and torch.equal(grid[:, top + 29, 10], red)  # row 27, frame
 
 
 def test_both_drawers_train_under_bf16_with_fp32_master_weights(tmp_path):

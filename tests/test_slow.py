@@ -44,6 +44,8 @@ def test_p2_fine_tuning_recovers_rank_20_accuracy(p1, tmp_path):
     run_ = read_json(tmp_path / "out" / "metrics.json")["seeds"][0]
     assert run_["test_acc"] >= run_["initial_test_acc"] + 0.003  # one epoch helps
     assert run_["test_acc"] >= 0.96
+    # and it keeps what the SVD initialisation gave: no warm-up to a peak that undoes it
+    assert run_["history"][0]["val_acc"] >= run_["initial_val_acc"] - 0.003
 
 
 def test_p3_straight_through_training(p1, tmp_path):

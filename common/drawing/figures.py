@@ -31,14 +31,22 @@ def drawing_figures(test, completed, labels, predicted, scores, examples, ambigu
                      out / "ambiguous.png")
 
 
+LINE = (0.15, 0.35, 0.85)  # the blue line between the given top half and the drawn bottom half
+
+
 def framed_grid(images, per_class, changed=None):
-    """A make_grid of (N, 28, 28) images, a row per class; a red frame marks the `changed` ones."""
-    n = len(images)
+    """A make_grid of (N, 28, 28) images, a row per class; a red frame marks the `changed` ones. Each digit is split
+    by a 1-pixel blue line between its top half (rows 0-13, given) and its bottom half (rows 14-27, drawn), inserted
+    between them so that no pixel is hidden."""
+    n, height, width = images.shape
     frame = torch.zeros(n, 3)                  # black: invisible on MNIST's black background
     if changed is not None:
         frame[changed] = torch.tensor([1.0, 0.0, 0.0])
-    framed = frame[:, :, None, None].repeat(1, 1, 32, 32)  # (N, 3, 32, 32): a 2-pixel frame
-    framed[:, :, 2:-2, 2:-2] = images.unsqueeze(1)
+    framed = frame[:, :, None, None].repeat(1, 1, height + 5, width + 4)  # (N, 3, 33, 32): a 2-pixel frame
+    half = height // 2
+    framed[:, :, 2:2 + half, 2:-2] = images[:, None, :half]
+    framed[:, :, 2 + half, 2:-2] = torch.tensor(LINE)[None, :, None]
+    framed[:, :, 3 + half:-2, 2:-2] = images[:, None, half:]
     return image_grid(framed, per_class, padding=2, pad_value=0.5)
 
 
@@ -66,8 +74,9 @@ def completion_figures(images, changed, scores, per_class, out):
         ax.set_title(f"{title}\n{detail}", fontsize=12)
     for ax in axes.flat:
         ax.axis("off")
-    axes[1, 2].text(0.02, 0.5, "Top half given (image rows 0-13),\nbottom half drawn.\n\nA row per digit, 0 to 9.\n\n"
-                    "Red frame: P1's classifier\nreads another digit.", fontsize=12, va="center")
+    axes[1, 2].text(0.02, 0.5, "Top half given (image rows 0-13),\nbottom half drawn, below the\nblue line.\n\n"
+                    "A row per digit, 0 to 9.\n\nRed frame: P1's classifier\nreads another digit.", fontsize=12,
+                    va="center")
     fig.suptitle("P5: completions of the same 100 test digits", fontsize=13)
     save_figure(fig, out / "side_by_side.png")
 

@@ -117,7 +117,8 @@ def drawing_goals(tf_test, drawing):
         # distance of the samples' sharpness from the originals', below the MSE drawer's distance
         "sampler_sharpness_closer_to_originals": target(
             "p5.sampler_sharpness_closer_to_originals", abs(samples["sharpness"] - original["sharpness"]),
-            bound=abs(mse_drawer["sharpness"] - original["sharpness"]), measure="|sharpness - the originals' sharpness|",
+            bound=abs(mse_drawer["sharpness"] - original["sharpness"]),
+            measure="|sharpness - the originals' sharpness|",
             compared_with="the MSE drawer's"),
         # below both references on the same images: the LSTM's MSE over the better reference's, worst split
         "mse_drawer_over_best_reference": target("p5.mse_drawer_over_best_reference", max(
@@ -164,7 +165,8 @@ def summary(metrics):
     """One line on what P5's metrics say: the MSE drawer's teacher-forced and drawn scores, the sampling drawer's."""
     mse_drawer, samples, original = (metrics["drawing"]["test"][k] for k in ("mse", "sampler", "original"))
     return (f"MSE drawer: teacher-forced test MSE {metrics['teacher_forced_mse']['test']:.4f}, bottom-half MSE "
-            f"{mse_drawer['bottom_mse']:.4f}, class kept {mse_drawer['class_kept']:.3f}; sampling drawer: best-of-{samples['k']} "
+            f"{mse_drawer['bottom_mse']:.4f}, class kept {mse_drawer['class_kept']:.3f}; sampling drawer: "
+            f"best-of-{samples['k']} "
             f"bottom-half MSE {samples['best_of_k_bottom_mse']:.4f}, class kept {samples['class_kept']:.3f}, "
             f"sharpness {samples['sharpness']:.3f} (originals {original['sharpness']:.3f}, MSE drawer "
             f"{mse_drawer['sharpness']:.3f})")

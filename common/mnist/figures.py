@@ -17,17 +17,31 @@ def rank_positions(metrics):
     return ranks, xs, labels
 
 
-def plot_accuracy_vs_rank(metrics, path):
+def plot_accuracy_vs_rank(metrics, path, span=0.05):
     """P1: test accuracy (mean +- std over the seeds) of the rank-D network for every D, full rank included, and the
-    dense baseline."""
+    dense baseline. The axis shows the ranks within `span` of the baseline (all of them when fewer than two are);
+    a rank below that range sits on the axis's floor as a downward triangle labelled with its accuracy."""
     ranks, xs, labels = rank_positions(metrics)
     base = metrics["baseline_test_acc"]
+    mean = {d: 100 * metrics["ranks"][d]["test_acc"]["mean"] for d in ranks}
+    std = {d: 100 * metrics["ranks"][d]["test_acc"]["std"] for d in ranks}
+    shown = [d for d in ranks if mean[d] >= 100 * (base["mean"] - span)]
+    shown = shown if len(shown) > 1 else ranks  # too few near the baseline: the whole range
+    low = min([mean[d] - std[d] for d in shown] + [100 * base["mean"]])
+    top = max([mean[d] + std[d] for d in shown] + [100 * base["mean"]])
+    pad = 0.08 * max(top - low, 0.1)
+    floor = low - 2 * pad
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.errorbar(xs, [100 * metrics["ranks"][d]["test_acc"]["mean"] for d in ranks],
-                yerr=[100 * metrics["ranks"][d]["test_acc"]["std"] for d in ranks], marker="o", capsize=3,
+    x = dict(zip(ranks, xs))
+    ax.errorbar([x[d] for d in shown], [mean[d] for d in shown], yerr=[std[d] for d in shown], marker="o", capsize=3,
                 label="rank-D network")
+    for d in ranks:
+        if d not in shown:  # off the axis: marked on its floor, with its value
+            ax.plot([x[d]], [floor + 0.4 * pad], marker="v", color="C0", ms=8, clip_on=False)
+            ax.annotate(f"D = {d}: {mean[d]:.1f}%", (x[d], floor + 0.4 * pad), xytext=(8, 4),
+                        textcoords="offset points", fontsize=9, color="C0")
     ax.axhline(100 * base["mean"], color="k", ls="--", lw=1, label=f"baseline {100 * base['mean']:.2f}%")
-    ax.set(xscale="log", xlabel="rank D", ylabel="test accuracy (%)",
+    ax.set(xscale="log", xlabel="rank D", ylabel="test accuracy (%)", ylim=(floor, top + 2 * pad),
            title=f"P1: accuracy of the rank-D network (mean +- std, {len(metrics['seeds'])} seeds)")
     ax.set_xticks(xs, labels)
     ax.minorticks_off()

@@ -21,10 +21,11 @@ def finetune_loss(shift):
     return loss
 
 
-def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None):
+def finetune_classifier(model, data, args, *, seed, path, config, device, desc, validate=None, warmup=0.1):
     """Fine-tune `model` on the training split, or reuse the finished run at `path` made with the same `config`.
 
-    P2's and P3's recipe: AdamW, a one-cycle schedule (10% warm-up), cross-entropy on digits shifted by up to
+    P2's and P3's recipe: AdamW, a one-cycle schedule (a `warmup` share of the steps rising to args.lr, then cosine
+    decay; 0: cosine from args.lr straight down), cross-entropy on digits shifted by up to
     args.shift pixels (P1's baseline trained on them; 0: none), and the epoch with the best validation accuracy
     kept. They differ by the model they pass in and by `validate(model) -> {"val_acc": ...}`
     (default: accuracy and loss of `model` itself on the validation split). `args` gives epochs, batch_size, lr,
@@ -39,7 +40,7 @@ def finetune_classifier(model, data, args, *, seed, path, config, device, desc, 
 
     seed_everything(seed)  # for the dropout masks and shifts: `model` already holds the weights it starts from
     return train_or_reuse(model, finetune_loss(args.shift), TensorDataset(*data["train"]), validate=validate,
-                          monitor="val_acc", mode="max", warmup=0.1, epochs=args.epochs, batch_size=args.batch_size,
+                          monitor="val_acc", mode="max", warmup=warmup, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, seed=seed, ckpt_path=path, config=config,
                           resume=args.resume, overwrite=args.overwrite, device=device, precision=args.precision,
                           desc=desc, quiet=args.quiet)
@@ -62,16 +63,18 @@ def summarize(runs):
 
 
 def plot_finetune_curve(metrics, path, *, xlabel, ylabel, title):
-    """Validation accuracy per epoch for every seed, epoch 0 being P1's rank-D network; the baseline and P1 as lines."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    """Validation accuracy per epoch for every seed, epoch 0 being P1's rank-D network; the baseline and P1 as lines.
+    The legend sits beside the axes, where it hides no point."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.8), layout="constrained")
     for run in metrics["seeds"]:
         epochs = [0] + [h["epoch"] for h in run["history"]]
         acc = [100 * run["initial_val_acc"]] + [100 * h["val_acc"] for h in run["history"]]
         ax.plot(epochs, acc, marker=".", label=f"seed {run['seed']} (validation)")
     base, init = metrics["baseline_test_acc"]["mean"], metrics["initial_test_acc"]["mean"]
-    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline, test {100 * base:.2f}%")
-    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']}, test {100 * init:.2f}%")
+    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"dense baseline,\ntest {100 * base:.2f}%")
+    ax.axhline(100 * init, color="gray", ls=":", lw=1, label=f"P1 rank {metrics['rank']},\ntest {100 * init:.2f}%")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(range(0, max(len(run["history"]) for run in metrics["seeds"]) + 1))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -1,22 +1,36 @@
 """What the report is made of: blocks in reading order (text, code, figures, audio), and how its numbers, bounds
-and tables are written. make_report.py composes them; common.report_render turns them into markdown, a notebook
-and one HTML page."""
+and tables are written. make_report.py composes them; common.report.render turns them into markdown, a notebook
+and one HTML page.
+
+Text from a result file (a label, a noise's name, a CPU's) goes into the report through `esc`, which makes it
+plain text in markdown: it can add no link, image, math, table cell or line. Headings carry their anchor as
+`{#name}` at their end (`heading`); each writer turns it into the anchor its format has.
+"""
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass
 class Text:
-    markdown: str  # math as $...$ and $$...$$
+    markdown: str  # math as $...$ and $$...$$; headings may end in {#anchor}
 
 
 @dataclass
 class Code:
-    """Source taken from the repository when the report is built (common.report_source)."""
+    """Source taken from the repository when the report is built (common.report.source)."""
     file: str      # relative to the repository root
     name: str      # "draw", "GRUMasker.forward"
     lines: tuple   # (first, last), 1-based
     source: str    # dedented, as the file has it
+
+
+@dataclass
+class Computed:
+    """A cell the report writes itself and runs: `source` (made of this module's text and of values, never of a
+    result file's text) and `output`, what it prints."""
+    source: str
+    output: str
 
 
 @dataclass
@@ -34,13 +48,32 @@ class Figures:
 @dataclass
 class Audio:
     path: Path
-    label: str     # plain text: no markdown, no backticks
+    label: str     # plain text, as a result file has it (each writer escapes it)
 
 
 @dataclass
 class Listening:
     """Players grouped by recording: [(heading, [Audio, ...]), ...]."""
     groups: list
+
+
+# ----------------------------------------------------------------------------- text
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>$|{}#!~])")
+
+
+def esc(text):
+    """`text` (from a result file) as plain markdown text: one line, every markdown character escaped."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def heading(level, title, anchor):
+    """A markdown heading that links can reach as #anchor in every format."""
+    return f"{'#' * level} {title} {{#{anchor}}}"
+
+
+def link(text, anchor):
+    return f"[{text}](#{anchor})"
 
 
 # ----------------------------------------------------------------------------- numbers

@@ -1,41 +1,66 @@
-"""The denoised `te` mixtures of the hand-in: every file of the `te` folder denoised by the committed model
-(results/p4/denoiser.pt) and zipped as the homework names them (te_denoised.zip holding tex0000.wav ...), with
-fixed timestamps, so the same model and data give the same zip, byte for byte. `make handin` calls it through
-`python make_report.py --handin DIR`, beside the report.
+"""The hand-in folder: report.ipynb, report.html and te_denoised.zip, written together or not at all.
 
-The zip is written by P4's own command, `python p4_denoise.py te-zip ZIP` (common.denoiser.write_te_zip, the code
-that writes the main run's zip), run as a subprocess: the report builder imports no problem script.
+The zip holds every tex*.wav of the given te folder, denoised by the committed model (results/p4/denoiser.pt)
+and named as the homework names them (tex0000.wav ...), with fixed timestamps: P4's own writer,
+common.speech.denoise.write_te_zip (the one `python p4_denoise.py te-zip` runs), called in this process. The three
+files are made in a temporary folder beside the hand-in and moved into it only when all three exist, so a failed
+step (no model, a broken te file, Ctrl-C) leaves the previous hand-in as it was.
 """
-import subprocess
-import sys
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..cli import UserError
-from ..files import ROOT, shown_path
+from ..files import shown_path
+from ..precision import torch_threads
+
+FILES = ("report.ipynb", "report.html", "te_denoised.zip")
 
 
 def te_files(te_folder):
-    """The te mixtures (tex*.wav) in `te_folder`; a one-line error when there are none."""
+    """The te mixtures (tex*.wav) in `te_folder` itself; a one-line error when there are none."""
     te_folder = Path(te_folder)
     if not te_folder.is_dir():
         raise UserError(f"no te folder at {shown_path(te_folder)}; run python p4_denoise.py (it builds data/hw3) "
-                        "or pass the course's te folder")
-    files = sorted(te_folder.glob("tex*.wav"))
+                        "or pass --te with the course's te folder")
+    files = sorted(p for p in te_folder.glob("tex*.wav") if p.is_file())
     if not files:
         raise UserError(f"{shown_path(te_folder)} holds no tex*.wav files")
     return files
 
 
-def write_te_zip(zip_path, te_folder=ROOT / "data" / "hw3" / "te", model=ROOT / "results" / "p4" / "denoiser.pt"):
-    """Denoise every tex*.wav in `te_folder` (a folder named te, as in the course's data) with `model` into
-    `zip_path`, each under its input's name; returns the number of files."""
+def write_handin(folder, notebook, page, te_folder, model):
+    """report.ipynb (`notebook`, an nbformat notebook), report.html (`page`) and te_denoised.zip (every tex*.wav in
+    `te_folder` denoised by `model`) into `folder`, all three or none; returns the number of te files zipped."""
+    import nbformat
+
+    from p4_denoise import load_denoiser  # P4's model loader: the hand-in denoises exactly as `denoise` does
+
+    from ..speech.denoise import write_te_zip
+
     files = te_files(te_folder)
     if not Path(model).is_file():
         raise UserError(f"no model at {shown_path(model)}; run python p4_denoise.py")
-    proc = subprocess.run([sys.executable, str(ROOT / "p4_denoise.py"), "te-zip", str(zip_path),
-                           "--data-dir", str(Path(te_folder).parent), "--model", str(model)],
-                          cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        reason = (proc.stderr.strip() or "no output").splitlines()[-1].removeprefix("error: ")
-        raise UserError(f"denoising te failed: {reason}")
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.building-"))
+    except OSError as e:
+        raise UserError(f"cannot write the hand-in beside {shown_path(folder)}: {e.strerror}")
+    try:
+        nbformat.write(notebook, str(building / "report.ipynb"))
+        (building / "report.html").write_text(page)
+        with torch_threads(1):  # one recording at a time: one thread is fastest
+            written = write_te_zip(load_denoiser(model), files, building / "te_denoised.zip")
+        if written["files"] != len(files):
+            raise UserError(f"the zip holds {written['files']} files, not the {len(files)} of {shown_path(te_folder)}")
+        try:
+            folder.mkdir(exist_ok=True)
+            for name in FILES:
+                os.replace(building / name, folder / name)
+        except OSError as e:
+            raise UserError(f"cannot write the hand-in into {shown_path(folder)}: {e.strerror}")
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return len(files)

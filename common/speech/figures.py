@@ -90,7 +90,7 @@ def make_figures(metrics, v, masks, outputs, out):
     panels = [("noisy |X| (dB)", db(f["X"]), "magma"), ("clean |S| (dB)", db(stft(f["s"])), "magma"),
               ("ideal binary mask", f["mask"], "gray"), ("predicted mask (GRU)", M_hat, "gray"),
               (f"denoised (dB), SNR {per_file['gru'][i]:.1f} dB", db(stft(outputs["gru"][i])), "magma")]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 10), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9.6, 8.6), sharex=True, layout="constrained")
     extent = [0, len(f["x"]) / RATE, 0, RATE / 2000]
     for ax, (title, image, cmap) in zip(axes, panels):
         shown = ax.imshow(image.T, origin="lower", aspect="auto", extent=extent, cmap=cmap,
@@ -98,6 +98,6 @@ def make_figures(metrics, v, masks, outputs, out):
         ax.set(ylabel="kHz", title=title)
         fig.colorbar(shown, ax=ax, pad=0.01)
     axes[-1].set_xlabel(f"seconds ({f['name']})")
-    save(fig, "spectrograms.png", dpi=80)  # five noisy images: keep the file small
+    save(fig, "spectrograms.png", dpi=100)  # five noisy images: fewer pixels keep the file small
     return figures
 
