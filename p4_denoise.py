@@ -42,7 +42,7 @@ from common.speech.figures import make_figures
 from common.speech.gru import gru
 from common.speech.listening import write_examples
 from common.speech.scores import model_records, score_systems, summarize_scores
-from common.speech.stft import BINS, RATE, istft, snr_db, stft
+from common.speech.stft import BINS, RATE, istft, planes, snr_db, stft
 from common.train import init_distributed, is_main, save_checkpoint, seed_everything, train_or_reuse
 
 EPS = 1e-5  # floor under |X| before the log (|X| of a full-scale sine is about 256)
@@ -130,12 +130,6 @@ def load_data(data_dir, dry_run):
 
 
 # ----------------------------------------------------------------------------- 2. training data: mixtures made anew
-
-def planes(X):
-    """A complex spectrum (...) as its real and imaginary parts, (2, ...) contiguous: torch.hypot(*planes(X)) is
-    X.abs() bit for bit (the same kernel), without the complex intermediate that makes X.abs() slow on a CPU."""
-    return torch.stack([X.real, X.imag])
-
 
 def mixture(S, N, lengths, band_fraction=0.0, snr_range=(-5.0, 5.0)):
     """|X| and the IBM of the mixtures X = S + g N (each (batch, frames, 513)), and the valid frames (batch, frames, 1).

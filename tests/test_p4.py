@@ -182,8 +182,8 @@ def test_the_real_and_imaginary_planes_give_the_complex_magnitude_bit_for_bit():
     X = torch.complex(torch.randn(4, 50, 513, generator=g), torch.randn(4, 50, 513, generator=g))
     X = X * torch.logspace(-6, 4, 513)  # quiet to loud bins, as in a spectrum
     X[0, :7] = 0  # padded frames
-    assert torch.equal(torch.hypot(*p4.planes(X)), X.abs())
-    assert torch.equal(torch.complex(*p4.planes(X)), X)
+    assert torch.equal(torch.hypot(*dsp.planes(X)), X.abs())
+    assert torch.equal(torch.complex(*dsp.planes(X)), X)
 
 
 def test_noise_pool_draws_stretches_of_real_recordings():

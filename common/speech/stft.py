@@ -10,6 +10,7 @@ applied to a whole signal, so training, evaluation and the `denoise` command sha
 (tests/test_p4.py checks it against librosa, the homework's reference).
 """
 import numpy as np
+import torch
 
 RATE, N_FFT, HOP = 16000, 1024, 512
 BINS = N_FFT // 2 + 1  # 513 frequency bins, 0 .. 8 kHz in steps of 15.625 Hz
@@ -109,3 +110,9 @@ def si_sdr_db(s, s_hat):
     s, s_hat = np.asarray(s, np.float64), np.asarray(s_hat, np.float64)
     target = (s_hat @ s) / (s @ s) * s
     return float(10 * np.log10(np.sum(target ** 2) / np.sum((s_hat - target) ** 2)))
+
+
+def planes(X):
+    """A complex spectrum tensor (...) as its real and imaginary parts, (2, ...) contiguous: torch.hypot(*planes(X)) is
+    X.abs() bit for bit (the same kernel), without the complex intermediate that makes X.abs() slow on a CPU."""
+    return torch.stack([X.real, X.imag])
