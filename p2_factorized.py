@@ -37,11 +37,11 @@ def get_args(argv=None):
     train = TrainingFlags(p)
     train.add("--rank", type=bounded_int(1, 784), default=20,
               help="columns of U and V in every hidden layer (at most 784, the rank of the first layer)")
-    train.add("--epochs", type=bounded_int(1, 1000), default=10, help="fine-tuning epochs")
+    train.add("--epochs", type=bounded_int(1, 1000), default=20, help="fine-tuning epochs")
     train.add("--batch-size", type=bounded_int(1, 8192), default=256, help="mini-batch size")
-    train.add("--lr", type=positive_float, default=1e-3,
+    train.add("--lr", type=positive_float, default=3e-4,
               help="AdamW learning rate at its peak (after --warmup), then cosine decay; the baseline trained at 2e-3")
-    train.add("--warmup", type=bounded_float(0, 0.9), default=0.1,
+    train.add("--warmup", type=bounded_float(0, 0.9), default=0.0,
               help="share of the steps over which the learning rate rises from lr/25 to lr (0: it starts at lr)")
     train.add("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
     train.add("--dropout", type=dropout_rate, default=0.2,

@@ -75,7 +75,7 @@ def get_args(argv=None):
             help="feed the GRU each frame's distance from the running mean of the frames so far")
     gru.add("--alpha", type=bounded_float(0, 1), default=0.98,
             help="forgetting factor of the GRU's running mean (time constant 1 / (1 - alpha) frames; 1: none)")
-    gru.add("--epochs", type=bounded_int(1, 1000), default=14, help="GRU training epochs")
+    gru.add("--epochs", type=bounded_int(1, 1000), default=28, help="GRU training epochs")
     gru.add("--crop", type=bounded_int(1, 500), default=96, help="frames per GRU training window (3 s)")
     gru.add("--lr", type=positive_float, default=5e-3, help="the GRU's peak AdamW learning rate (one-cycle schedule)")
     fc = TrainingFlags(p, "the FC baseline (its flags go into its config without the fc- prefix)")

@@ -650,7 +650,7 @@ def test_the_flags_that_define_a_model_are_its_config():
     assert gru["model"] == {"kind": "gru", "hidden": 256, "proj": 256, "dropout": 0.1, "alpha": 0.9,
                             "running_mean": True}
     assert fc["model"] == {"kind": "fc", "hidden": 100, "layers": 2, "dropout": 0.1, "layer_norm": False}
-    assert (gru["epochs"], gru["crop"], gru["lr"], fc["epochs"], fc["crop"], fc["lr"]) == (14, 96, 5e-3, 14, 48, 3e-3)
+    assert (gru["epochs"], gru["crop"], gru["lr"], fc["epochs"], fc["crop"], fc["lr"]) == (28, 96, 5e-3, 14, 48, 3e-3)
     shared = {"speeds", "repeats", "band_fraction", "loss_power", "batch_size", "weight_decay", "seed", "precision"}
     assert set(gru) == set(fc) == shared | {"model", "epochs", "crop", "lr", "data"}
     p4.build_masker(gru["model"]), p4.build_masker(fc["model"])  # what `denoise` builds from a checkpoint
