@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,12 +113,12 @@ def copy_checkpoints(source, target, pattern="*.pt"):
 
 class DryRun:
     """`script --dry-run [--quiet] *args` started in a subprocess, in `folder` whose checkpoint folder holds copies of
-    the checkpoints in `checkpoints` (if given); result() waits for it: (output folder, checkpoint folder)."""
+    the checkpoints in the folders `checkpoints`; result() waits for it: (output folder, checkpoint folder)."""
 
-    def __init__(self, folder, script, *args, checkpoints=None, quiet=True):
+    def __init__(self, folder, script, *args, checkpoints=(), quiet=True):
         self.script, self.out, self.ckpt = script, folder / "out", folder / "ckpt"
-        if checkpoints is not None:
-            copy_checkpoints(checkpoints, self.ckpt)
+        for source in checkpoints:  # the checkpoint folders of the runs it starts from
+            copy_checkpoints(source, self.ckpt)
         self.log = folder / "stderr.txt"  # and what it prints in stdout.txt
         with open(self.log, "w") as stderr, open(folder / "stdout.txt", "w") as stdout:
             self.proc = subprocess.Popen(
@@ -142,41 +143,62 @@ class DryRun:
                 self.proc.wait()
 
 
-# The session's dry runs: name -> (script, its flags, the dry run whose checkpoints it starts from)
+# The session's dry runs: name -> (script, its flags, the dry runs whose checkpoints it starts from)
 DRY_RUNS = {
-    "p1": ("p1_svd.py", ["--seeds", "1"], None),
-    "p4": ("p4_denoise.py", [], None),
+    "p1": ("p1_svd.py", ["--seeds", "1"], ()),
+    "p4": ("p4_denoise.py", [], ()),
     # the longest first: they start together once P1's baseline exists
-    "p5_ablation": ("p5_draw.py", ["--ablation", "--jobs", "1"], "p1"),
-    "p5": ("p5_draw.py", [], "p1"),
-    "bench_p3": ("benchmarks/p3_svd_step.py", [], "p1"),
-    "p3": ("p3_svd_ste.py", ["--seeds", "1"], "p1"),
-    "p2": ("p2_factorized.py", ["--seeds", "1"], "p1"),
-    "bench_rank": ("benchmarks/rank_forward.py", [], "p1"),
+    "p5_ablation": ("p5_draw.py", ["--ablation", "--jobs", "1"], ("p1",)),
+    "p5": ("p5_draw.py", [], ("p1",)),
+    "bench_p3": ("benchmarks/p3_svd_step.py", [], ("p1",)),
+    "p3": ("p3_svd_ste.py", ["--seeds", "1"], ("p1",)),
+    "p2": ("p2_factorized.py", ["--seeds", "1"], ("p1",)),
+    "bench_rank": ("benchmarks/rank_forward.py", [], ("p1",)),
+    # every checkpoint, as `make all` leaves them in checkpoints/
+    "bench_train": ("benchmarks/train_step.py", [], ("p1", "p2", "p3", "p4", "p5")),
 }
-QUIET = {"bench_p3": False, "bench_rank": False}  # tests read what these print
+QUIET = {"bench_p3": False, "bench_rank": False, "bench_train": False}  # tests read what these print
 
 
 class DryRuns:
     """The session's dry runs, each started at most once, when a test needs it (or at the session's start when a
-    collected test will): a run that needs P1's baseline starts once P1's dry run has finished."""
+    collected test will): a run starts once the dry runs it starts from have finished. `start_later` starts one from
+    a thread, so that the tests go on while it waits for those."""
 
     def __init__(self, tmp_path_factory):
-        self.folder, self.runs = tmp_path_factory.mktemp, {}
+        self.folder, self.runs, self.waiting, self.stopped = tmp_path_factory.mktemp, {}, {}, False
 
     def start(self, name):
+        if name in self.waiting:
+            self.waiting.pop(name).join()
         if name not in self.runs:
-            script, args, parent = DRY_RUNS[name]
-            checkpoints = self.get(parent)[1] if parent else None
+            script, args, parents = DRY_RUNS[name]
+            checkpoints = [self.get(parent)[1] for parent in parents]
+            if self.stopped:
+                pytest.fail(f"the session ended before the {name} dry run started")
             self.runs[name] = DryRun(self.folder(name), script, *args, checkpoints=checkpoints,
                                      quiet=QUIET.get(name, True))
         return self.runs[name]
+
+    def start_later(self, name):
+        def start():
+            try:
+                self.start(name)
+            except BaseException:  # a parent failed or the session ended: the test that asks for it says so
+                pass
+        self.waiting[name] = threading.Thread(target=start, daemon=True)
+        self.waiting[name].start()
 
     def get(self, name):
         return self.start(name).result()
 
     def stop(self):
-        for run in self.runs.values():
+        self.stopped = True
+        for run in list(self.runs.values()):
+            run.stop()
+        for thread in list(self.waiting.values()):  # their parents ended: they start nothing more
+            thread.join()
+        for run in list(self.runs.values()):
             run.stop()
 
 
@@ -191,7 +213,11 @@ def dry_runs_needed(fixture_names):
     """The DRY_RUNS that tests using `fixture_names` (one list of fixture names per test, their dependencies
     included, as pytest gives them) need, with the runs whose checkpoints those start from."""
     needed = {name for names in fixture_names for name in DRY_RUNS if f"dry_{name}" in names}
-    return needed | {DRY_RUNS[name][2] for name in needed if DRY_RUNS[name][2]}
+    while True:
+        more = needed | {parent for name in needed for parent in DRY_RUNS[name][2]}
+        if more == needed:
+            return needed
+        needed = more
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -199,10 +225,12 @@ def dry_runs_started_early(request, dry_runs_scheduler):
     """Start, at the session's beginning, the dry runs that the selected tests need (only those: `pytest
     tests/test_p2.py` starts P1's and P2's), so that they run while the tests that need none go on."""
     needed = dry_runs_needed(item.fixturenames for item in request.session.items)
-    for name in [n for n in DRY_RUNS if n in needed and DRY_RUNS[n][2] is None]:  # P1 and P4 first
+    for name in [n for n in DRY_RUNS if n in needed and not DRY_RUNS[n][2]]:  # P1 and P4 first
         dry_runs_scheduler.start(name)
-    for name in [n for n in DRY_RUNS if n in needed and DRY_RUNS[n][2] is not None]:
+    for name in [n for n in DRY_RUNS if n in needed and len(DRY_RUNS[n][2]) == 1]:
         dry_runs_scheduler.start(name)
+    for name in [n for n in DRY_RUNS if n in needed and len(DRY_RUNS[n][2]) > 1]:  # once all of theirs are done
+        dry_runs_scheduler.start_later(name)
 
 
 def pytest_collection_modifyitems(items):
@@ -261,12 +289,8 @@ def dry_bench_p4(tmp_path_factory, dry_p4):
 
 
 @pytest.fixture(scope="session")
-def dry_bench_train(tmp_path_factory, dry_p1, dry_p2, dry_p3, dry_p4, dry_p5):
-    folder = tmp_path_factory.mktemp("bench_train")
-    every = folder / "every"  # the checkpoints of every dry run, as `make all` leaves them in checkpoints/
-    for _, ckpt in (dry_p1, dry_p2, dry_p3, dry_p4, dry_p5):
-        copy_checkpoints(ckpt, every)
-    return DryRun(folder, "benchmarks/train_step.py", checkpoints=every, quiet=False).result()[0]
+def dry_bench_train(dry_runs_scheduler):
+    return dry_runs_scheduler.get("bench_train")[0]
 
 
 @pytest.fixture(scope="session")

@@ -584,6 +584,7 @@ def test_dry_run_writes_metrics_and_figures(dry_p5, tmp_path, capsys):
     assert [h for _, h in drawers.values()] == [m["history"], m["sampler"]["history"]]
 
 
+@pytest.mark.slow  # the ablation's dry run trains seven drawers one after the other
 def test_same_seed_same_numbers_side_by_side_or_one_after_the_other(dry_p5, dry_p5_ablation):
     """Two drawers trained in two processes (--jobs 2) equal the same run in one (--jobs 1, there beside the
     ablation's), bit for bit."""
@@ -596,6 +597,7 @@ def test_same_seed_same_numbers_side_by_side_or_one_after_the_other(dry_p5, dry_
     assert runs[0]["drawing"] == runs[1]["drawing"] and runs[0]["ambiguous"] == runs[1]["ambiguous"]
 
 
+@pytest.mark.slow  # the ablation's dry run trains seven drawers one after the other
 def test_ablation_dry_run_ends_at_the_mse_drawer(dry_p5_ablation, tmp_path, capsys):
     out, ckpt = dry_p5_ablation
     m = read_json(out / "metrics.json")

@@ -116,6 +116,7 @@ for call in (lambda: fetch_mnist(root=sys.argv[1]), lambda: p2_factorized.main(p
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.slow  # a subprocess as an unprivileged user
 def test_folders_the_user_may_not_write_or_search_are_one_line(tmp_path):
     """HW3_DATA at a folder that is not writable; a checkpoint folder without search permission."""
     (tmp_path / "readonly").mkdir(mode=0o555)

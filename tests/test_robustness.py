@@ -184,6 +184,7 @@ def test_no_output_replaces_another_input(tmp_path, model_file, capfd):
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root and setpriv: as root, a folder without permissions is searchable unless the "
                            "capabilities to override them are dropped (setpriv --bounding-set)")
+@pytest.mark.slow  # subprocesses as an unprivileged user
 def test_paths_the_user_may_not_search_or_read(tmp_path, model_file):
     sf.write(tmp_path / "in.wav", noise(0.3), 16000, subtype="PCM_16")
     for folder in ("locked", "model_locked", "readonly"):
@@ -220,6 +221,7 @@ def test_paths_the_user_may_not_search_or_read(tmp_path, model_file):
     assert not any((tmp_path / f"o{k}.wav").exists() for k in (1, 5, 6, 7))
 
 
+@pytest.mark.slow  # three subprocesses
 def test_a_failing_write_a_dead_stdout_and_an_oversized_model_config(tmp_path, model_file):
     (tmp_path / "in").mkdir()
     for k in range(4):
@@ -429,7 +431,8 @@ def test_a_damaged_or_non_finite_model_is_refused(tmp_path, model_file, capfd):
     assert not (tmp_path / "out.wav").exists()
 
 
-@pytest.mark.parametrize("sig, code, form", [(signal.SIGTERM, 143, "in-out"), (signal.SIGTERM, 143, "out-dir"),
+@pytest.mark.parametrize("sig, code, form", [pytest.param(signal.SIGTERM, 143, "in-out", marks=pytest.mark.slow),
+                                             (signal.SIGTERM, 143, "out-dir"),
                                              pytest.param(signal.SIGINT, 130, "in-out", marks=pytest.mark.slow)])
 def test_a_signal_ends_denoise_with_one_line_and_nothing_half_written(tmp_path, model_file, sig, code, form):
     sf.write(tmp_path / "long.wav", np.random.default_rng(0).normal(0, 0.1, 16000 * 600).astype(np.float32), 16000)

@@ -41,7 +41,7 @@ def uninterrupted(tmp_path_factory):
     return final(folder / "out.pt")
 
 
-@pytest.mark.parametrize("kill_at", ["3:0", "4:5"])  # at an epoch boundary and mid-epoch
+@pytest.mark.parametrize("kill_at", ["3:0", pytest.param("4:5", marks=pytest.mark.slow)])  # at an epoch boundary, mid-epoch
 def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, capsys, kill_at):
     ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
     proc = run_script("tests/tiny_fit.py", ckpt, out, "--kill-at", kill_at)
