@@ -169,8 +169,12 @@ class DryRuns:
         self.folder, self.runs, self.waiting, self.stopped = tmp_path_factory.mktemp, {}, {}, False
 
     def start(self, name):
-        if name in self.waiting:
-            self.waiting.pop(name).join()
+        waiting = self.waiting.pop(name, None)
+        if waiting is not None:  # started from a thread: that one starts it
+            waiting.join()
+        return self._start(name)
+
+    def _start(self, name):
         if name not in self.runs:
             script, args, parents = DRY_RUNS[name]
             checkpoints = [self.get(parent)[1] for parent in parents]
@@ -183,7 +187,7 @@ class DryRuns:
     def start_later(self, name):
         def start():
             try:
-                self.start(name)
+                self._start(name)
             except BaseException:  # a parent failed or the session ended: the test that asks for it says so
                 pass
         self.waiting[name] = threading.Thread(target=start, daemon=True)

@@ -1,6 +1,7 @@
 """Problem 4: the STFT against librosa, the IBM, SNR and SI-SDR, the training mixtures, causality of the model and
 of its running statistics, streaming == whole file, the folder form of `denoise`, bf16 training, the listening
 examples, the te zip, and the dry run (once per module, shared by the tests that read it)."""
+import fcntl
 import signal
 import subprocess
 import sys
@@ -491,12 +492,21 @@ def test_two_first_runs_at_once_one_builds_the_other_waits(tmp_path, monkeypatch
     (tmp_path / "source" / "build_hw3.py").write_text("raise SystemExit('the second run must not build')\n")
     monkeypatch.setenv("HW3_SPEECH_SOURCE", str(tmp_path / "source"))
     data.parent.mkdir()
+    waiting = tmp_path / "waiting"  # the second run is about to wait on the lock: the first may finish
     first = subprocess.Popen([sys.executable, "-c", (  # the first run, holding the lock while it builds
         "import fcntl, os, pathlib, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('building', flush=True)\ntime.sleep(1)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('building', flush=True)\n"
+        "while not os.path.exists(sys.argv[3]): time.sleep(0.01)\n"
         "for d in ('tr', 'v', 'te'): (pathlib.Path(sys.argv[2]) / d).mkdir(parents=True)\n"),
-        data.with_name(".hw3.lock"), data], stdout=subprocess.PIPE, text=True)
+        data.with_name(".hw3.lock"), data, waiting], stdout=subprocess.PIPE, text=True)
     assert first.stdout.readline() == "building\n"
+    flock = fcntl.flock
+
+    def blocking_flock(fd, operation):
+        if not operation & fcntl.LOCK_NB:
+            waiting.touch()
+        return flock(fd, operation)
+    monkeypatch.setattr(fcntl, "flock", blocking_flock)
     capsys.readouterr()
     assert speech_data.ensure_data(None) == data and first.wait(30) == 0
     assert "waiting for another run that is building" in capsys.readouterr().out
