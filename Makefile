@@ -1,6 +1,6 @@
 # make all   - install, run P1..P5 at full quality, rebuild the report (trained checkpoints are reused)
 # make handin - the hand-in into handin/: the report notebook and page, and the denoised te files zipped
-# make test  - install, run the autograder (fast tests; `make test-slow` runs the training-heavy ones, tests/test_slow.py)
+# make test  - install, run the autograder (fast tests; `make test-slow` runs the slow ones: tests/test_slow.py's trainings, and the slowest subprocess and signal cases)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

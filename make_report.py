@@ -9,7 +9,7 @@ measured past it, with links to the result files, and an appendix holds the proj
 No measured number, bar or verdict is typed here: each is read from a metrics.json, benchmark.json or config.json
 that the scripts wrote (`required` and `goals`: the value judged, its bound and the verdict, see common.goals),
 with the paths of their figures. The code shown is found by name in its file when the report is built (CODE
-below), so it is the code that ran; a name that moved is a build error.
+in common/report/problems.py), so it is the code that ran; a name that moved is a build error.
 
     python make_report.py                            # after the five scripts; `make all` runs it last
     python make_report.py --dry-run                  # from the scripts' --dry-run outputs (runs/dry-run/)

@@ -3,6 +3,7 @@ back, and the output folders of a run."""
 import contextlib
 import errno
 import json
+import math
 import os
 import stat
 import tempfile
@@ -45,8 +46,8 @@ def resolve_dirs(args, name):
             raise UserError(f"cannot create output folder {d}: {e.strerror}; pass a writable --out/--ckpt-dir")
         if not os.access(d, os.W_OK):
             raise UserError(f"output folder {d} is not writable; pass a writable --out/--ckpt-dir")
-    for name in ("metrics.json", "config.json"):  # checked now, not after the training
-        writable_target(args.out / name)
+    for result in ("metrics.json", "config.json"):  # checked now, not after the training
+        writable_target(args.out / result)
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def save_json(path, obj):
 def _non_finite(obj, where=""):
     """The key path ('a/b/0') of the first NaN or infinity in `obj`, or None."""
     if isinstance(obj, float):
-        return where if obj != obj or obj in (float("inf"), float("-inf")) else None
+        return where if not math.isfinite(obj) else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
         found = _non_finite(value, f"{where}/{key}" if where else str(key))

@@ -91,8 +91,8 @@ def _outcome(process, reader, timeout=None):
         process.join()
     reader.close()
     if outcome is None:
-        return False, UserError(f"a training process ended without a result (exit code {process.exitcode}); "
-                                f"run again with --resume")
+        return False, UserError(f"a job's process ended without a result (exit code {process.exitcode}); "
+                                f"run again (a training continues with --resume)")
     return outcome
 
 
@@ -111,7 +111,7 @@ def _job(conn, parent, function, threads, job):
         outcome = False, e
     except BaseException as e:  # a bug: its traceback here, and the parent fails too
         traceback.print_exc()
-        outcome = False, RuntimeError(f"a training process failed: {type(e).__name__}: {e}")
+        outcome = False, RuntimeError(f"a job's process failed: {type(e).__name__}: {e}")
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # nothing may cut the answer short
     with contextlib.suppress(OSError):  # plain pickle: tensors go by value (torch's would need this process alive)
         conn.send_bytes(pickle.dumps(outcome))

@@ -54,8 +54,8 @@ def completion_figures(images, changed, scores, per_class, out):
     """completions.png, samples.png and originals.png (one grid each), and side_by_side.png: the originals beside
     the MSE drawer's completions and a sample of the sampling drawer, then the two references.
 
-    images: {'original', 'lstm', 'sampler', 'nearest_neighbour', 'mean_bottom'} -> (N, 28, 28) in [0, 1], a row of
-    `per_class` per digit; changed: {'lstm', 'sampler'} -> (N,) bool, the completions whose class the classifier
+    images: {'original', 'mse', 'sampler', 'nearest_neighbour', 'mean_bottom'} -> (N, 28, 28) in [0, 1], a row of
+    `per_class` per digit; changed: {'mse', 'sampler'} -> (N,) bool, the completions whose class the classifier
     changed; scores: the `score` of each on these images.
     """
     save_image(framed_grid(images["mse"], per_class, changed["mse"]), out / "completions.png")
@@ -109,13 +109,13 @@ def training_figures(history, sampler_history, mse_per_patch, out):
     save_figure(fig, out / "mse_per_patch.png")
 
 
-def ambiguous_figure(original, lstm, samples, info, path, gap=4, title_room=11):
+def ambiguous_figure(original, mse, samples, info, path, gap=4, title_room=11):
     """A row per ambiguous top half: the original, the MSE drawer's completion, then the samples; each titled
-    with the classifier's label. original, lstm: (count, 28, 28); samples: (shown, count, 28, 28).
+    with the classifier's label. original, mse: (count, 28, 28); samples: (shown, count, 28, 28).
 
     One image holds every digit (one axes, not one per digit: a hundred axes take seconds to lay out); a blue line
     marks where the drawn bottom half starts."""
-    columns = [original, lstm, *samples]
+    columns = [original, mse, *samples]
     count, height, width = original.shape
     cell_w, cell_h = width + gap, height + title_room  # data units (pixels) per digit, with its title above it
     canvas = torch.full((count * cell_h, len(columns) * cell_w), float("nan"))  # nan: white background

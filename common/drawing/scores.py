@@ -120,7 +120,7 @@ def drawing_goals(tf_test, drawing):
             bound=abs(mse_drawer["sharpness"] - original["sharpness"]),
             measure="|sharpness - the originals' sharpness|",
             compared_with="the MSE drawer's"),
-        # below both references on the same images: the LSTM's MSE over the better reference's, worst split
+        # below both references on the same images: the MSE drawer's MSE over the better reference's, worst split
         "mse_drawer_over_best_reference": target("p5.mse_drawer_over_best_reference", max(
             s["mse"]["bottom_mse"] / min(s["nearest_neighbour"]["bottom_mse"], s["mean_bottom"]["bottom_mse"])
             for s in drawing.values()))}

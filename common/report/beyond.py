@@ -21,10 +21,10 @@ def heading():
 
 
 def findings(p1, rank_bench, step_bench, p3_bench, p4, p4_bench, p5):
-    r20 = rank_bench["ranks"]["rank 20"]
+    rank = p3_bench["rank"]  # the homework's rank, P2's and P3's
+    r20 = rank_bench["ranks"][f"rank {rank}"]
     speed = ", ".join(f"{r20[f'batch_{b}']['speedup']['median']:.1f}x at batch {b}" for b in rank_bench["batches"])
-    rows = {row["name"]: row for row in step_bench["rows"]}
-    p1_step = next(iter(rows.values()))
+    p1_step = step_bench["rows"][0]
     policy = step_bench["policy"]
     step = (f"P1's step takes {1e3 * p1_step['fp32']['seconds_per_step']['median']:.0f} ms in fp32 "
             f"({pct(p1_step['fp32']['share_of_peak'], 0)} of the fp32 matrix-multiply peak measured in the same run)")
@@ -35,7 +35,7 @@ def findings(p1, rank_bench, step_bench, p3_bench, p4, p4_bench, p5):
     items = [
         f"**Speed of the rank-D networks** ({source(rank_bench)}). Timed side by side in {rank_bench['rounds']} "
         "interleaved rounds (each round runs every network once, in turn, so a change of load hits all alike), the "
-        f"rank-20 network is faster than the dense one by {speed}, for {r20['flop_ratio']:.1f}x fewer "
+        f"rank-{rank} network is faster than the dense one by {speed}, for {r20['flop_ratio']:.1f}x fewer "
         "multiply-adds.",
         f"**Every training step** ({source(step_bench)}): each problem's real step, timed alone; {step}.",
         f"**Other SVDs for P3** ({source(p3_bench)}): `torch.svd_lowrank` costs "
@@ -62,12 +62,17 @@ def p4_findings(m, bench):
         gru = [f"{esc(r['what'])}: {change[r['name']]:+.2f} dB" for r in rows if r["kind"] == "gru" and
                r["name"] in change]
         fc = [change[r["name"]] for r in rows if r["kind"] == "fc" and r["name"] in change]
+        epochs = {r["epochs"] for r in rows if r["kind"] == "gru"}
+        main = m["models"]["gru"]["config"]["epochs"]
+        older = f", each GRU trained {', '.join(map(str, sorted(epochs)))} epochs where the main run trains {main}" \
+            if epochs != {main} else ""
         text += (f"\n- **What each choice of P4 is worth** (`python p4_denoise.py --ablation`, one run each, seed "
-                 f"{m['ablation']['seed']}): {'; '.join(gru)}"
+                 f"{m['ablation']['seed']}{older}): {'; '.join(gru)}"
                  + (f"; the FC's variants move it by {min(fc):+.2f} to {max(fc):+.2f} dB." if fc else "."))
     rtf = bench["cases"]["file_16k_mono_wav"]
     return text + (f"\n- **The `denoise` command** ({source(bench)}) denoises any recording (any rate, stereo, any "
-                   f"length, streamed in blocks) at a real-time factor of {rtf['rtf_cpu']:.4f} on one CPU thread: an "
+                   f"length, streamed in blocks) at a real-time factor of {rtf['rtf_cpu']:.4f} on "
+                   f"{bench['threads']} CPU thread{'s' * (bench['threads'] != 1)}: an "
                    f"hour of audio in {60 * rtf['rtf_cpu']:.1f} minutes.")
 
 

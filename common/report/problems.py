@@ -501,7 +501,8 @@ def section_p5(m, cfg):
         + ", ".join(f"{k} ({pct(kept[k], 1)})" for k in worst) + ". Where a top half fits more than one digit, a "
         "drawer trained on the squared error draws the average of the bottoms that fit it, between the digits, and "
         "the classifier may read the other one. The "
-        f"clearest cases are the {len(amb['indices'])} test top halves whose 20 nearest training top halves "
+        f"clearest cases are the {len(amb['indices'])} test top halves whose {sum(amb['neighbour_votes'][0])} nearest "
+        "training top halves "
         f"disagree most about the digit: the MSE drawer gives one completion each, and the sampling drawer of "
         f"Beyond the homework draws more than one digit from {split} of them.\n\n"
         + table(["drawer"] + [str(i) for i in kept], [["MSE drawer, class kept"] + [pct(v, 1) for v in kept.values()]],

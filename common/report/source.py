@@ -18,7 +18,7 @@ def parse(file, root=ROOT):
         return text, ast.parse(text, filename=file)
     except (OSError, UnicodeDecodeError, SyntaxError) as e:
         raise UserError(f"cannot read {file}, whose code the report shows ({e}); fix the list at the top of "
-                        "make_report.py")
+                        "common/report/problems.py")
 
 
 def find(tree, name):
@@ -39,7 +39,7 @@ def code(file, name, root=ROOT):
     node = find(tree, name)
     if node is None:
         raise UserError(f"{file} has no {name}, which the report shows; fix the (file, name) list at the top of "
-                        "make_report.py")
+                        "common/report/problems.py")
     first = min([node.lineno] + [d.lineno for d in node.decorator_list])
     source = textwrap.dedent("\n".join(text.splitlines()[first - 1:node.end_lineno]))
     return Code(file, name, (first, node.end_lineno), source)

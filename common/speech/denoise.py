@@ -315,7 +315,7 @@ def denoise_main(argv, load_denoiser):
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help="the trained model (default: results/p4/denoiser.pt)")
     p.add_argument("--block-seconds", type=bounded_float(0.01, 60.0), default=1.0,
-                   help="seconds of input read and denoised at a time, 0.01 to 60 (memory does not grow with the file)")
+                   help="seconds of input read and denoised at a time (memory does not grow with the file)")
     p.add_argument("--threads", type=thread_count(1), default=1,
                    help="CPU threads (one is fastest for one stream)")
     p.add_argument("--overwrite-input", action="store_true", help="allow an output to replace its own input")

@@ -43,7 +43,7 @@ def score_systems(clean, outputs):
         half = len(pairs) // 2
         perceptual = sum(run_jobs(scores_of, [(pairs[:half],), (pairs[half:],)], workers=2, threads=1), [])
     else:
-        perceptual = [perceptual_scores(pair) for pair in pairs]
+        perceptual = scores_of(pairs)
     scores = {}
     for k, name in enumerate(outputs):
         block = perceptual[k * len(clean):(k + 1) * len(clean)]
