@@ -173,7 +173,10 @@ def prior_run(path, config, resume=False, overwrite=False):
     trains: ("train", None) when there is none or with `overwrite`; ("reuse", ckpt) for a finished run of exactly
     `config`; ("resume", ckpt) for an unfinished one of `config` with `resume`. Anything else would destroy a trained
     model without a word, so it is a one-line error that says what differs and names the ways on (--resume,
-    --overwrite). A read-only checkpoint is never replaced."""
+    --overwrite). A read-only checkpoint is never replaced. No `path` (a run that keeps no checkpoint): ("train",
+    None)."""
+    if path is None:
+        return "train", None
     kind = file_kind(path)
     if kind == "missing":
         return "train", None
@@ -297,7 +300,7 @@ class NonFiniteLoss(UserError):
 def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, validate=None,
         monitor=None, mode="max", scheduler=None, patience=None, clip_grad=None, collate_fn=None,
         ckpt_path=None, resume=False, overwrite=False, config=None, device="cpu", precision="fp32", desc="train",
-        quiet=False):
+        quiet=False, prior=None):
     """Train `model` on `train_set` and return the history (a list of per-epoch dicts).
 
     loss_fn(model, batch) -> loss; validate(model) -> dict of numbers, after every epoch.
@@ -306,7 +309,8 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
     patience: stop after that many epochs without improvement. batch_size is the global batch:
     under torchrun each of N ranks takes batch_size / N. precision: "fp32", or "bf16" for the forward pass and
     the loss under bf16 autocast (see `resolve_precision`; the caller's config should record it).
-    ckpt_path, config, resume, overwrite: what the run does with a checkpoint already there, see `prior_run`.
+    ckpt_path, config, resume, overwrite: what the run does with a checkpoint already there, see `prior_run` (whose
+    answer a caller that already has it passes as `prior`, so the checkpoint is read once).
     SIGINT / SIGTERM stop it after the step or the validation it is in, with the checkpoint saved (Interrupted).
     """
     rank, size = world()
@@ -322,7 +326,7 @@ def fit(model, loss_fn, optimizer, train_set, *, epochs, batch_size, seed, valid
     state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "best_score": -math.inf,
              "best_epoch": -1, "best_model": None, "bad_epochs": 0, "done": False}
     saved = None  # the checkpoint of this run, once there is one
-    plan, ckpt = prior_run(ckpt_path, config, resume, overwrite) if ckpt_path is not None else ("train", None)
+    plan, ckpt = prior if prior is not None else prior_run(ckpt_path, config, resume, overwrite)
     if plan != "train":  # "resume", or "reuse": a finished run with this config (its loop below does nothing)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -456,6 +460,6 @@ def train_or_reuse(model, loss_fn, train_set, *, validate, monitor, mode="max", 
     history = fit(model, loss_fn, optimizer, train_set, epochs=epochs, batch_size=batch_size, seed=seed,
                   validate=validate, monitor=monitor, mode=mode, scheduler=scheduler, patience=patience,
                   clip_grad=clip_grad, collate_fn=collate_fn, ckpt_path=ckpt_path, resume=resume, overwrite=overwrite,
-                  config=config, device=device, precision=precision, desc=desc, quiet=quiet)
+                  config=config, device=device, precision=precision, desc=desc, quiet=quiet, prior=(plan, done))
     model.eval()
     return history
