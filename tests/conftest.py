@@ -55,6 +55,13 @@ from common.precision import resolve_precision  # noqa: E402
 AUTO_PRECISION = resolve_precision("auto", "cpu")
 
 
+# as root, a folder without permissions is searchable unless the capabilities to override them are dropped
+UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                   reason="needs root and setpriv: as root, a folder without permissions is "
+                                          "searchable unless the capabilities to override them are dropped")
+
+
 def run_script(*args, env=None, timeout=600, cwd=ROOT):
     """Run `python *args` from the repo root; returns the CompletedProcess (text output captured)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -1,7 +1,6 @@
 """Bad input to the scripts gets one line and exit 2 (every size flag bounded, only devices that exist, checkpoints
 that are not what they claim, outputs that are folders); the data step; torchrun matches one process."""
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from common.mnist.mlp import MLP, baseline_path, load_baseline
 from common.files import save_json
 from common.train import load_checkpoint, save_checkpoint
 import p1_svd
-from conftest import ROOT, read_json, run_main, run_script
+from conftest import ROOT, UNPRIVILEGED, needs_setpriv, read_json, run_main, run_script
 
 SCRIPTS = [p1_svd, p2_factorized, p3_svd_ste, p4_denoise, p5_draw, rank_forward, p4_realtime, p3_svd_step, train_step]
 
@@ -98,8 +97,6 @@ def test_data_path_problems_are_one_line(tmp_path):
         fetch_mnist(root=tmp_path / "data", mirror=tmp_path / "none")
 
 
-# as root, a folder without permissions is searchable unless the capabilities to override them are dropped
-UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 LOCKED = """
 import os, sys
 sys.path.insert(0, os.getcwd())
@@ -115,7 +112,7 @@ for call in (lambda: fetch_mnist(root=sys.argv[1]), lambda: p2_factorized.main(p
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@needs_setpriv
 @pytest.mark.slow  # a subprocess as an unprivileged user
 def test_folders_the_user_may_not_write_or_search_are_one_line(tmp_path):
     """HW3_DATA at a folder that is not writable; a checkpoint folder without search permission."""

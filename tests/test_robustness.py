@@ -31,6 +31,7 @@ from common.files import ROOT
 from common.speech import denoise as denoise_module
 from common.speech.audio import decoder_warnings_silenced
 from common.train import save_checkpoint
+from conftest import UNPRIVILEGED, needs_setpriv
 
 CONFIG = {"kind": "gru", "hidden": 8, "proj": 8, "dropout": 0.0, "alpha": 0.98, "running_mean": True}
 
@@ -181,9 +182,7 @@ def test_no_output_replaces_another_input(tmp_path, model_file, capfd):
 
 # ----------------------------------------------------------------------------- one line, never a traceback
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv: as root, a folder without permissions is searchable unless the "
-                           "capabilities to override them are dropped (setpriv --bounding-set)")
+@needs_setpriv
 @pytest.mark.slow  # subprocesses as an unprivileged user
 def test_paths_the_user_may_not_search_or_read(tmp_path, model_file):
     sf.write(tmp_path / "in.wav", noise(0.3), 16000, subtype="PCM_16")
@@ -205,7 +204,7 @@ def test_paths_the_user_may_not_search_or_read(tmp_path, model_file):
              {"argv": [tmp_path / "in.wav", tmp_path / "o7.wav", "--model", tmp_path / "noread.pt"]},
              {"argv": [tmp_path / "in.wav", "--out-dir", tmp_path / "readonly", *m]}]
     try:
-        results, _ = drive(cases, tmp_path, prefix=["setpriv", "--bounding-set", "-dac_override,-dac_read_search"])
+        results, _ = drive(cases, tmp_path, prefix=UNPRIVILEGED)
     finally:
         for path in ("locked", "model_locked", "readonly"):
             os.chmod(tmp_path / path, 0o755)
