@@ -28,11 +28,12 @@ from common.files import ROOT, atomic_path, shown_path
 from common.goals import target
 from common.report import beyond, summary
 from common.report.blocks import Code, Computed, Figure, Figures, Listening, Text
-from common.report.handin import te_files, write_handin
+from common.report.handin import handin_inputs, write_handin
 from common.report.problems import CODE, check_code, intro, section_p1, section_p2, section_p3, section_p4  # noqa
 from common.report.problems import section_p5
 from common.report.render import from_root, to_html, to_markdown, to_notebook
 from common.report.results import load_results, read
+from common.speech.data import DEFAULT_DATA
 
 # every result the report reads, and the command that writes it
 SCRIPTS = {"p1": "p1_svd.py", "p1/config": "p1_svd.py", "p2": "p2_factorized.py", "p2/config": "p2_factorized.py",
@@ -122,10 +123,8 @@ def main(argv=None):
     results = args.results or ROOT / ("runs/dry-run" if args.dry_run else "results")
     out = args.handin or args.out or (ROOT / "runs/dry-run/report" if args.dry_run else ROOT)
     if args.handin:  # before anything is built or written
-        te, model = args.te or ROOT / "data" / "hw3" / "te", results / "p4" / "denoiser.pt"
-        te_files(te)
-        if not model.is_file():
-            raise UserError(f"no model at {shown_path(model)}; run python p4_denoise.py")
+        te, model = args.te or DEFAULT_DATA / "te", results / "p4" / "denoiser.pt"
+        handin_inputs(te, model)
     import nbformat
     markdown, nb, page = build(results, out, args.dry_run)
     if args.handin:

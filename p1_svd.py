@@ -50,6 +50,11 @@ def rank_arg(text):
     return int(text)
 
 
+def default_ranks(width):
+    """The homework's D that a network of this width has, as ints (full rank: the width), ascending."""
+    return sorted({width if r == "full" else r for r in RANKS if r == "full" or r < width})
+
+
 def rank_name(rank, width):
     """How results name a rank: "full" for the hidden layers' width (every singular value kept), else the number."""
     return "full" if rank == width else str(rank)
@@ -88,7 +93,7 @@ def get_args(argv=None):
         args = p.parse_args(argv)
         args.epochs, args.seeds = 1, min(args.seeds, 2)
     if args.ranks is None:
-        args.ranks = [r for r in RANKS if r == "full" or r < args.width]
+        args.ranks = default_ranks(args.width)
     if any(r != "full" and r > args.width for r in args.ranks):
         p.error(f"--ranks must be at most the width ({args.width}) or 'full', got {' '.join(map(str, args.ranks))}")
     args.ranks = sorted({args.width if r == "full" else r for r in args.ranks})  # ints; the width is full rank

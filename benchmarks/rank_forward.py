@@ -32,7 +32,7 @@ from common.goals import target  # noqa: E402
 from common.mnist.fused import fast  # noqa: E402
 from common.mnist.mlp import load_baseline  # noqa: E402
 from common.precision import machine, torch_threads  # noqa: E402
-from p1_svd import RANKS, compress, cost, dense_cost, rank_name, svd  # noqa: E402
+from p1_svd import compress, cost, default_ranks, dense_cost, rank_name, svd  # noqa: E402
 
 
 
@@ -81,7 +81,7 @@ def main(argv=None):
     baseline = baseline.to(device)
     factors = [svd(layer.weight.detach()) for layer in baseline.hidden]  # once, sliced for every rank
     width = baseline.head.in_features
-    ranks = {rank_name(r, width): r for r in [width if r == "full" else r for r in RANKS] if r <= width}  # P1's
+    ranks = {rank_name(r, width): r for r in default_ranks(width)}  # P1's
     networks = {"dense": baseline,
                 **{f"rank {name}": fast(compress(baseline, factors, r)) for name, r in ranks.items()}}
     macs = {"dense": dense_cost(baseline)[1], **{f"rank {name}": cost(baseline, r)[1] for name, r in ranks.items()}}
